@@ -1,0 +1,201 @@
+"""Raw Labelbox NDJSON lines (contract v1, "NDJSON format"), validated against Labelbox's shapes.
+
+Field names here are Labelbox's camelCase. A line is passed on to Labelbox as given (a missing
+``uuid`` is filled by the converter), so these models only check; they never reshape.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Self
+from uuid import UUID
+
+from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from schemas._base import Confidence, CustomMetric, FreeText, Name, Strict, exactly_one
+from schemas.masks import PngMask
+from schemas.predictions import (
+    BBox,
+    ConfusionMetricValue,
+    Point,
+    ScalarAggregation,
+    ScalarMetricValue,
+    check_metric_name,
+    check_thresholds,
+)
+
+
+class _Camel(Strict):
+    model_config = ConfigDict(populate_by_name=False)
+
+
+class NdDataRow(_Camel):
+    """``{"globalKey": …}`` or ``{"id": …}``."""
+
+    globalKey: Name | None = None
+    id: Name | None = None
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> Self:
+        exactly_one(self, "globalKey", "id")
+        return self
+
+
+class _NdFeature(_Camel):
+    name: Name | None = None
+    schemaId: Name | None = None
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> Self:
+        exactly_one(self, "name", "schemaId")
+        return self
+
+
+class NdAnswer(_NdFeature):
+    """An answer of a radio or checklist, with nested classifications."""
+
+    confidence: Confidence | None = None
+    classifications: list[NdClassification] = Field(default_factory=list, max_length=1000)
+    customMetrics: list[CustomMetric] = Field(default_factory=list, max_length=1000)
+
+
+def _answer_kind(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "checklist"
+    return "radio" if isinstance(value, dict | NdAnswer) else None
+
+
+NdAnswerValue = Annotated[
+    Annotated[NdAnswer, Tag("radio")]
+    | Annotated[list[NdAnswer], Tag("checklist")]
+    | Annotated[FreeText, Tag("text")],
+    Discriminator(
+        _answer_kind,
+        custom_error_type="wrong_type",
+        custom_error_message="an answer is an object (radio), a list (checklist) or a string (text)",
+    ),
+]
+
+
+class NdClassification(_NdFeature):
+    """A classification: radio (one answer object), checklist (a list) or text (a string)."""
+
+    answer: NdAnswerValue
+    confidence: Confidence | None = None
+    customMetrics: list[CustomMetric] = Field(default_factory=list, max_length=1000)
+
+
+class _NdLine(_Camel):
+    uuid: UUID | None = None
+    dataRow: NdDataRow
+
+
+class NdClassificationLine(NdClassification, _NdLine):
+    """A classification on the whole data row."""
+
+
+class _NdObject(_NdFeature, _NdLine):
+    confidence: Confidence | None = None
+    classifications: list[NdClassification] = Field(default_factory=list, max_length=1000)
+    customMetrics: list[CustomMetric] = Field(default_factory=list, max_length=1000)
+
+
+class NdBBoxLine(_NdObject):
+    bbox: BBox
+
+
+class NdPointLine(_NdObject):
+    point: Point
+
+
+class NdLineLine(_NdObject):
+    line: list[Point] = Field(min_length=2, max_length=100_000)
+
+
+class NdPolygonLine(_NdObject):
+    polygon: list[Point] = Field(min_length=3, max_length=100_000)
+
+
+class NdUrlMask(_Camel):
+    instanceURI: str = Field(min_length=1, max_length=4096, pattern=r"^https?://[^\s\x00-\x1f]+$")
+    colorRGB: tuple[
+        Annotated[int, Field(ge=0, le=255)],
+        Annotated[int, Field(ge=0, le=255)],
+        Annotated[int, Field(ge=0, le=255)],
+    ]
+
+
+def _nd_mask_kind(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return "png" if "png" in value else "instanceURI" if "instanceURI" in value else None
+    return _ND_MASK_KINDS.get(type(value))
+
+
+_ND_MASK_KINDS: dict[type[Any], str] = {PngMask: "png", NdUrlMask: "instanceURI"}
+
+
+class NdMaskLine(_NdObject):
+    mask: Annotated[
+        Annotated[PngMask, Tag("png")] | Annotated[NdUrlMask, Tag("instanceURI")],
+        Discriminator(
+            _nd_mask_kind,
+            custom_error_type="invalid_mask_source",
+            custom_error_message="mask needs 'png' or 'instanceURI' + 'colorRGB'",
+        ),
+    ]
+
+
+class NdScalarMetricLine(_NdLine):
+    metricValue: ScalarMetricValue
+    metricName: Name | None = None
+    featureName: Name | None = None
+    subclassName: Name | None = None
+    aggregation: ScalarAggregation = "ARITHMETIC_MEAN"
+
+    _not_reserved = field_validator("metricName")(check_metric_name)
+    _threshold_count = field_validator("metricValue")(check_thresholds)
+
+
+class NdConfusionMatrixLine(_NdLine):
+    metricValue: ConfusionMetricValue
+    metricName: Name
+    featureName: Name | None = None
+    subclassName: Name | None = None
+    aggregation: Literal["CONFUSION_MATRIX"]
+
+    _threshold_count = field_validator("metricValue")(check_thresholds)
+
+
+_GEOMETRY_KEYS = ("bbox", "point", "line", "polygon", "mask")
+
+
+def _line_kind(value: Any) -> str | None:
+    if not isinstance(value, dict):
+        return None
+    for key in _GEOMETRY_KEYS:
+        if key in value:
+            return key
+    if "metricValue" in value:
+        return "confusion_matrix" if value.get("aggregation") == "CONFUSION_MATRIX" else "scalar_metric"
+    return "classification" if "answer" in value else None
+
+
+#: One Labelbox NDJSON prediction line, told apart by which payload key it carries.
+NdjsonLine = Annotated[
+    Annotated[NdBBoxLine, Tag("bbox")]
+    | Annotated[NdPointLine, Tag("point")]
+    | Annotated[NdLineLine, Tag("line")]
+    | Annotated[NdPolygonLine, Tag("polygon")]
+    | Annotated[NdMaskLine, Tag("mask")]
+    | Annotated[NdClassificationLine, Tag("classification")]
+    | Annotated[NdScalarMetricLine, Tag("scalar_metric")]
+    | Annotated[NdConfusionMatrixLine, Tag("confusion_matrix")],
+    Discriminator(
+        _line_kind,
+        custom_error_type="unknown_prediction_type",
+        custom_error_message=(
+            "an NDJSON line needs one of bbox, point, line, polygon, mask, answer or metricValue"
+        ),
+    ),
+]

@@ -1,0 +1,27 @@
+"""``python -m worker COMMAND``: the worker's commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    convert = commands.add_parser("convert", help="convert messages (JSON lines) to Labelbox NDJSON")
+    convert.add_argument("file", nargs="?", help="input file; stdin when absent or '-'")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "convert":
+        from worker import cli_convert
+
+        return cli_convert.run(args.file, sys.stdin.buffer, sys.stdout.buffer, sys.stderr.buffer)
+    return 2  # pragma: no cover - argparse enforces a known command
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,82 @@
+"""Pure decoding: a Kafka record value -> a validated message, or a rejection with a reason code.
+
+Never raises for any input: every failure becomes a :class:`Rejection` whose ``reason`` is a stable
+code (see ``schemas.errors``) and whose ``errors`` name the field paths.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import orjson
+from pydantic import ValidationError
+
+from schemas import MESSAGE_ADAPTER, NdjsonMessage, PredictionMessage
+from schemas.errors import summarize
+
+Message = PredictionMessage | NdjsonMessage
+#: Default bound on one record value, in bytes (Kafka's own default max is 1 MiB).
+DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a record was not accepted. ``model_run_id`` / ``message_id`` when they could be read."""
+
+    reason: str
+    errors: list[str]
+    model_run_id: str | None = None
+    message_id: str | None = None
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+def decode(value: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message | Rejection:
+    """Validate one record value against contract v1."""
+    if not value:
+        return Rejection("empty_message", ["the record has no value"])
+    if len(value) > max_bytes:
+        return Rejection("message_too_large", [f"{len(value)} bytes exceeds the limit of {max_bytes} bytes"])
+    try:
+        return MESSAGE_ADAPTER.validate_json(value)
+    except ValidationError as exc:
+        return _rejection(value, exc)
+    except (ValueError, TypeError, RecursionError, MemoryError) as exc:  # defensive: a validator bug
+        return Rejection("decoder_error", [f"{type(exc).__name__}: {exc}"])
+
+
+def _rejection(value: bytes, exc: ValidationError) -> Rejection:
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    reason, described = summarize(errors)
+    if reason == "invalid_json":
+        return Rejection(_json_failure(value), described)
+    if errors[0]["loc"] == () and not value.lstrip().startswith(b"{"):
+        return Rejection("not_an_object", ["the message must be a JSON object"])
+    run_id, message_id = _envelope_ids(value)
+    return Rejection(reason, described, run_id, message_id)
+
+
+def _json_failure(value: bytes) -> str:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "invalid_utf8"
+    try:
+        orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return "nesting_too_deep" if "recursion" in str(exc).lower() else "invalid_json"
+    return "invalid_json"
+
+
+def _envelope_ids(value: bytes) -> tuple[str | None, str | None]:
+    """Best-effort model run and message ids of an invalid message, for DLQ headers and logs."""
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None, None
+    if not isinstance(parsed, dict):
+        return None, None
+    run_id, message_id = parsed.get("model_run_id"), parsed.get("message_id")
+    return (
+        run_id[:128] if isinstance(run_id, str) else None,
+        message_id[:256] if isinstance(message_id, str) else None,
+    )

@@ -11,6 +11,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     convert = commands.add_parser("convert", help="convert messages (JSON lines) to Labelbox NDJSON")
     convert.add_argument("file", nargs="?", help="input file; stdin when absent or '-'")
+    commands.add_parser("run", help="run the streaming worker (settings from the environment)")
     return parser
 
 
@@ -20,6 +21,10 @@ def main(argv: list[str] | None = None) -> int:
         from worker import cli_convert
 
         return cli_convert.run(args.file, sys.stdin.buffer, sys.stdout.buffer, sys.stderr.buffer)
+    if args.command == "run":
+        from worker import service
+
+        return service.main()
     return 2  # pragma: no cover - argparse enforces a known command
 
 

@@ -33,6 +33,7 @@ from schemas import (
     ScalarMetric,
     TextPrediction,
 )
+from schemas import ndjson as nd
 from schemas.masks import PngMask, RleMask, UrlMask
 from schemas.predictions import Classification, Point, Prediction
 
@@ -45,7 +46,8 @@ class NdjsonLine:
     """One NDJSON line ready to upload.
 
     ``feature`` is the name (or ``schemaId:…``) Labelbox counts its per-import limit by; ``None``
-    for metrics. ``data`` is the line's exact bytes, without a trailing newline.
+    for metrics. ``kind`` is the prediction type (``bbox``, ``radio``, … as in the typed format).
+    ``data`` is the line's exact bytes, without a trailing newline.
     """
 
     uuid: str
@@ -53,6 +55,7 @@ class NdjsonLine:
     feature: str | None
     body: Json
     data: bytes
+    kind: str = "unknown"
 
 
 def derive_uuid(model_run_id: str, index: int, content: bytes) -> str:
@@ -64,15 +67,14 @@ def derive_uuid(model_run_id: str, index: int, content: bytes) -> str:
 
 
 def _finish(
-    model_run_id: str, index: int, given: uuid.UUID | None, body: Json, feature: str | None
+    model_run_id: str, index: int, given: uuid.UUID | None, body: Json, feature: str | None, kind: str
 ) -> NdjsonLine:
     content = orjson.dumps(body)
     line_uuid = str(given) if given is not None else derive_uuid(model_run_id, index, content)
     data = b'{"uuid":"' + line_uuid.encode() + b'",' + content[1:]
     data_row = body["dataRow"]
-    return NdjsonLine(
-        line_uuid, data_row.get("globalKey") or data_row["id"], feature, {"uuid": line_uuid, **body}, data
-    )
+    row = data_row.get("globalKey") or data_row["id"]
+    return NdjsonLine(line_uuid, row, feature, {"uuid": line_uuid, **body}, data, kind)
 
 
 # --- nested parts -------------------------------------------------------------------------------
@@ -204,20 +206,31 @@ _BODY: dict[type[Any], Callable[[Json, Any], Json]] = {
     ConfusionMatrixMetric: _confusion_body,
 }
 _METRICS = (ScalarMetric, ConfusionMatrixMetric)
+_ND_KINDS: dict[type[Any], str] = {
+    nd.NdBBoxLine: "bbox",
+    nd.NdPointLine: "point",
+    nd.NdLineLine: "polyline",
+    nd.NdPolygonLine: "polygon",
+    nd.NdMaskLine: "mask",
+    nd.NdClassificationLine: "classification",
+    nd.NdScalarMetricLine: "scalar_metric",
+    nd.NdConfusionMatrixLine: "confusion_matrix_metric",
+}
 
 
 def prediction_line(model_run_id: str, data_row: Json, index: int, prediction: Prediction) -> NdjsonLine:
     """The NDJSON line of one typed prediction."""
     body = _BODY[type(prediction)](data_row, prediction)
     feature = None if isinstance(prediction, _METRICS) else prediction.feature_key()
-    return _finish(model_run_id, index, prediction.uuid, body, feature)
+    return _finish(model_run_id, index, prediction.uuid, body, feature, prediction.type)
 
 
 def _ndjson_line(model_run_id: str, index: int, line: Any) -> NdjsonLine:
     body = line.model_dump(mode="json", exclude_unset=True)
     given = body.pop("uuid", None)
     feature = None if "metricValue" in body else (body.get("name") or f"schemaId:{body.get('schemaId')}")
-    return _finish(model_run_id, index, uuid.UUID(given) if given else None, body, feature)
+    kind = _ND_KINDS.get(type(line), "unknown")
+    return _finish(model_run_id, index, uuid.UUID(given) if given else None, body, feature, kind)
 
 
 def convert(message: PredictionMessage | NdjsonMessage) -> list[NdjsonLine]:

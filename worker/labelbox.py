@@ -1,0 +1,360 @@
+"""Labelbox client: model-run prediction imports over GraphQL (aiohttp), with retries (tenacity).
+
+Errors say whether to retry (``retriable``). Transient failures (connection errors, timeouts, HTTP
+408/429/5xx, GraphQL INTERNAL_SERVER_ERROR) are retried with exponential backoff and full jitter
+for at most ``retry_max_s`` in total; a ``Retry-After`` answer is honoured (plus a little jitter so
+that workers do not retry in lockstep). Authentication failures and other 4xx are not retried.
+The API key is sent only in the Authorization header and never appears in errors or logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+import random
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aiohttp
+import orjson
+from pydantic import SecretStr
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_delay,
+    wait_random_exponential,
+)
+
+T = TypeVar("T")
+_IMPORT_FIELDS = "id name modelRunId state progress inputFileUrl errorFileUrl statusFileUrl"
+CREATE_IMPORT = f"""mutation createMEAPredictionImportByFile(
+  $modelRunId: ID!, $name: String!, $file: Upload!, $contentLength: Int!) {{
+  createModelErrorAnalysisPredictionImport(data: {{
+    modelRunId: $modelRunId name: $name filePayload: {{file: $file, contentLength: $contentLength}}
+  }}) {{ {_IMPORT_FIELDS} }}
+}}"""
+GET_IMPORT = f"""query getMEAPredictionImport($modelRunId: ID!, $name: String!) {{
+  modelErrorAnalysisPredictionImport(where: {{modelRunId: $modelRunId, name: $name}}) {{ {_IMPORT_FIELDS} }}
+}}"""
+CHECK_AUTH = "query getUser { user { id } }"
+_TRANSIENT_CODES = frozenset({"INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE", "TOO_MANY_REQUESTS"})
+_AUTH_CODES = frozenset({"AUTHENTICATION_ERROR", "AUTHORIZATION_ERROR", "UNAUTHENTICATED", "FORBIDDEN"})
+
+
+class LabelboxError(Exception):
+    """A Labelbox call failed. ``retriable`` says whether the same call may succeed later."""
+
+    retriable = False
+    cause = "rejected"
+
+
+class TransientError(LabelboxError):
+    """May succeed on retry. ``cause`` is a low-cardinality label: ``5xx``, ``429``, ``timeout``…"""
+
+    retriable = True
+
+    def __init__(self, message: str, cause: str, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
+        self.retry_after_s = retry_after_s
+
+
+class AuthenticationError(LabelboxError):
+    """The API key is invalid or lacks access: fatal for the worker."""
+
+    cause = "auth"
+
+
+class RequestRejected(LabelboxError):
+    """Labelbox refused the request (4xx or a GraphQL error); retrying will not help."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class ImportNameTaken(RequestRejected):
+    """An import of this name exists in the model run (for example, created by a lost attempt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ImportState:
+    """A model-run prediction import as Labelbox reports it."""
+
+    id: str
+    name: str
+    model_run_id: str
+    state: str
+    progress: str | None = None
+    status_file_url: str | None = None
+    error_file_url: str | None = None
+
+    @property
+    def done(self) -> bool:
+        """FINISHED or FAILED."""
+        return self.state in ("FINISHED", "FAILED")
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ImportState:
+        return cls(
+            id=str(data.get("id")),
+            name=str(data.get("name")),
+            model_run_id=str(data.get("modelRunId")),
+            state=str(data.get("state")),
+            progress=data.get("progress"),
+            status_file_url=data.get("statusFileUrl"),
+            error_file_url=data.get("errorFileUrl"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RowStatus:
+    """One line of an import's status file."""
+
+    uuid: str
+    status: str
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), capped at 10 minutes."""
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return min(max(seconds, 0.0), 600.0)
+
+
+def _graphql_errors(errors: list[dict[str, Any]]) -> LabelboxError:
+    first = errors[0] if errors and isinstance(errors[0], dict) else {}
+    message = str(first.get("message", "GraphQL error"))[:500]
+    code = (first.get("extensions") or {}).get("code")
+    if code in _AUTH_CODES:
+        return AuthenticationError(f"Labelbox refused the API key: {message}")
+    if code in _TRANSIENT_CODES:
+        return TransientError(f"Labelbox error {code}: {message}", "graphql")
+    if code == "RESOURCE_CONFLICT" or "already exists" in message:
+        return ImportNameTaken(message, code)
+    return RequestRejected(f"Labelbox error {code}: {message}", code)
+
+
+def _http_error(status: int, body: bytes, retry_after: str | None) -> LabelboxError:
+    text = body[:300].decode("utf-8", "replace")
+    if status in (401, 403):
+        return AuthenticationError(f"Labelbox answered HTTP {status}: the API key is invalid or lacks access")
+    if status == 429:
+        return TransientError(f"rate limited (HTTP 429): {text}", "429", _retry_after(retry_after))
+    if status == 408 or status >= 500:
+        return TransientError(
+            f"HTTP {status}: {text}", "5xx" if status >= 500 else "408", _retry_after(retry_after)
+        )
+    return RequestRejected(f"HTTP {status}: {text}")
+
+
+@contextlib.contextmanager
+def _transport_errors(what: str) -> Iterator[None]:
+    """Translate aiohttp's timeouts and connection errors into :class:`TransientError`."""
+    try:
+        yield
+    except TimeoutError as exc:
+        raise TransientError(f"{what} timed out", "timeout") from exc
+    except aiohttp.ClientError as exc:
+        raise TransientError(f"{what} failed: {type(exc).__name__}", "connection") from exc
+
+
+OnRetry = Callable[[str, str, float], None]
+"""Called before each retry sleep with (operation, cause, seconds to sleep)."""
+
+
+class LabelboxClient:
+    """Async client for the operations the worker needs. ``async with`` or ``start()``/``stop()``."""
+
+    def __init__(
+        self,
+        graphql_url: str,
+        api_key: SecretStr,
+        *,
+        request_timeout_s: float = 60.0,
+        retry_max_s: float = 300.0,
+        on_retry: OnRetry | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._url = graphql_url
+        self._api_key = api_key
+        self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
+        self._retry_max_s = retry_max_s
+        self._on_retry = on_retry
+        self._rng = rng or random.Random()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        """Open the HTTP session (idempotent)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout, raise_for_status=False)
+
+    async def stop(self) -> None:
+        """Close the HTTP session (idempotent)."""
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def __aenter__(self) -> LabelboxClient:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
+
+    # --- retries -------------------------------------------------------------------------------
+
+    def _wait(self, state: RetryCallState) -> float:
+        error = state.outcome.exception() if state.outcome else None
+        if isinstance(error, TransientError) and error.retry_after_s is not None:
+            return error.retry_after_s + self._rng.uniform(0, min(1.0, 0.1 * error.retry_after_s + 0.1))
+        return float(wait_random_exponential(multiplier=0.5, max=30)(state))
+
+    async def _retrying(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            if self._on_retry is not None and state.next_action is not None:
+                self._on_retry(operation, getattr(error, "cause", "error"), state.next_action.sleep)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda e: isinstance(e, LabelboxError) and e.retriable),
+            wait=self._wait,
+            stop=stop_after_delay(self._retry_max_s),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        return await retrying(call)
+
+    # --- transport -----------------------------------------------------------------------------
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self._api_key.get_secret_value()}", "Accept": "application/json"}
+
+    async def _post(self, data: aiohttp.FormData | bytes, content_type: str | None = None) -> dict[str, Any]:
+        if self._session is None:
+            raise RuntimeError("LabelboxClient is not started")
+        headers = self._headers()
+        if content_type:
+            headers["Content-Type"] = content_type
+        with _transport_errors("request"):
+            async with self._session.post(self._url, data=data, headers=headers) as response:
+                body = await response.read()
+                if response.status != 200:
+                    raise _http_error(response.status, body, response.headers.get("Retry-After"))
+        return self._parse(body)
+
+    @staticmethod
+    def _parse(body: bytes) -> dict[str, Any]:
+        try:
+            answer = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise TransientError("Labelbox answered with a body that is not JSON", "invalid_body") from exc
+        if not isinstance(answer, dict):
+            raise TransientError("Labelbox answered with JSON that is not an object", "invalid_body")
+        if answer.get("errors"):
+            raise _graphql_errors(answer["errors"])
+        data = answer.get("data")
+        return data if isinstance(data, dict) else {}
+
+    async def _query(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
+        return await self._post(orjson.dumps({"query": query, "variables": variables}), "application/json")
+
+    # --- operations ----------------------------------------------------------------------------
+
+    async def check_auth(self) -> None:
+        """One authenticated request. Raises :class:`AuthenticationError` for a bad key."""
+
+        async def call() -> None:
+            await self._query(CHECK_AUTH, {})
+
+        await self._retrying("check_auth", call)
+
+    async def create_import(self, model_run_id: str, name: str, payload: bytes) -> ImportState:
+        """Upload ``payload`` (NDJSON) as a new import, or adopt the existing import of that name.
+
+        A name already taken in the model run means an earlier attempt was created but its answer
+        was lost: that import is followed rather than uploading the batch again.
+        """
+
+        async def call() -> ImportState:
+            try:
+                data = await self._post(self._multipart(model_run_id, name, payload))
+            except ImportNameTaken:
+                existing = await self.get_import(model_run_id, name)
+                if existing is None:
+                    raise
+                return existing
+            return ImportState.from_json(data["createModelErrorAnalysisPredictionImport"])
+
+        return await self._retrying("create_import", call)
+
+    @staticmethod
+    def _multipart(model_run_id: str, name: str, payload: bytes) -> aiohttp.FormData:
+        file_name = f"{model_run_id}__{name}.ndjson"
+        variables = {"file": None, "contentLength": len(payload), "modelRunId": model_run_id, "name": name}
+        form = aiohttp.FormData(quote_fields=False)
+        form.add_field("operations", orjson.dumps({"query": CREATE_IMPORT, "variables": variables}).decode())
+        form.add_field("map", orjson.dumps({file_name: ["variables.file"]}).decode())
+        form.add_field(file_name, payload, filename=file_name, content_type="application/x-ndjson")
+        return form
+
+    async def get_import(self, model_run_id: str, name: str) -> ImportState | None:
+        """The import's current state, or None if there is no import of that name."""
+
+        async def call() -> ImportState | None:
+            try:
+                data = await self._query(GET_IMPORT, {"modelRunId": model_run_id, "name": name})
+            except RequestRejected as exc:
+                if exc.code == "RESOURCE_NOT_FOUND":
+                    return None
+                raise
+            found = data.get("modelErrorAnalysisPredictionImport")
+            return ImportState.from_json(found) if isinstance(found, dict) else None
+
+        return await self._retrying("poll_import", call)
+
+    async def fetch_statuses(self, url: str) -> list[RowStatus]:
+        """Read a status file (signed URL: no auth header). A 404 is retried as transient."""
+
+        async def call() -> list[RowStatus]:
+            if self._session is None:
+                raise RuntimeError("LabelboxClient is not started")
+            with _transport_errors("status file request"):
+                async with self._session.get(url) as response:
+                    body = await response.read()
+                    if response.status == 404:
+                        raise TransientError("status file not found (HTTP 404)", "404")
+                    if response.status != 200:
+                        raise _http_error(response.status, body, response.headers.get("Retry-After"))
+            return _parse_statuses(body)
+
+        return await self._retrying("status_file", call)
+
+
+def _parse_statuses(body: bytes) -> list[RowStatus]:
+    rows = []
+    for raw in body.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            line = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            continue  # a garbled status line: its row is reported as missing, never as SUCCESS
+        if isinstance(line, dict) and isinstance(line.get("uuid"), str):
+            errors = line.get("errors")
+            rows.append(
+                RowStatus(line["uuid"], str(line.get("status")), errors if isinstance(errors, list) else [])
+            )
+    return rows

@@ -1,0 +1,548 @@
+"""The only place that wires the stages: fetch -> decode/convert -> batch -> import -> settle -> commit.
+
+Stages (each a task, each bounded):
+1. fetch    aiokafka ``getmany``; every record's offset is tracked as unsettled; backpressure pauses
+            all partitions while unsettled bytes exceed ``BUFFER_MAX_BYTES`` (heartbeats go on, so
+            a slow Labelbox never causes a rebalance).
+2. convert  decode + validate + convert in a worker thread (CPU and mask work off the event loop);
+            a rejection goes straight to the DLQ.
+3. batch    per model run, closed by rows / bytes / linger (``worker.batcher``).
+4. import   up to ``UPLOAD_CONCURRENCY`` imports in flight: create (multipart), poll, read the
+            status file; each message settles as imported (all its rows SUCCESS) or dead-lettered.
+5. commit   per partition, the highest offset below which everything is settled (``worker.offsets``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from worker.batcher import Batch, Batcher, BatchLimits
+from worker.convert import NdjsonLine, convert
+from worker.decode import Rejection, decode
+from worker.dlq import DeadLetter, DeadLetterWriter
+from worker.labelbox import (
+    AuthenticationError,
+    ImportState,
+    LabelboxClient,
+    RequestRejected,
+    RowStatus,
+    TransientError,
+)
+from worker.logs import ctx
+from worker.metrics import Metrics
+from worker.offsets import PartitionOffsets
+from worker.settings import Settings
+
+log = logging.getLogger("worker.pipeline")
+#: Exit statuses of ``python -m worker run``.
+EXIT_OK, EXIT_INTERNAL, EXIT_SETTINGS, EXIT_AUTH = 0, 1, 2, 3
+_RECORD_OVERHEAD_BYTES = 200  # per fetched record, besides key and value: Python objects, bookkeeping
+
+
+@dataclass(slots=True, eq=False)
+class Envelope:
+    """One fetched record on its way through the pipeline, until it is settled."""
+
+    tp: TopicPartition
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    size: int
+    tracker: PartitionOffsets
+    lines: list[NdjsonLine] = field(default_factory=list)
+    model_run_id: str | None = None
+    message_id: str | None = None
+    released: bool = False
+
+
+def process_chunk(envelopes: list[Envelope], max_bytes: int) -> list[tuple[Envelope, Rejection | None]]:
+    """Decode and convert each record (runs in a worker thread; touches only these envelopes)."""
+    results: list[tuple[Envelope, Rejection | None]] = []
+    for envelope in envelopes:
+        outcome = decode(envelope.value, max_bytes)
+        if isinstance(outcome, Rejection):
+            envelope.model_run_id, envelope.message_id = outcome.model_run_id, outcome.message_id
+            results.append((envelope, outcome))
+            continue
+        envelope.model_run_id, envelope.message_id = outcome.model_run_id, outcome.message_id
+        try:
+            envelope.lines = convert(outcome)
+        except Exception as exc:  # one message must never stop the worker; it goes to the DLQ
+            results.append((envelope, Rejection("conversion_error", [f"{type(exc).__name__}: {exc}"])))
+            continue
+        results.append((envelope, None))
+    return results
+
+
+def import_name(topic: str, batch: Batch[Envelope], payload: bytes) -> str:
+    """Unique in the model run and traceable: ``topic/partition@first-last[...]#content-hash``.
+
+    The same messages always give the same name, so a batch rebuilt after a crash adopts the
+    import its first attempt created instead of uploading twice.
+    """
+    ranges: dict[int, tuple[int, int]] = {}
+    for envelope in batch.items:
+        low, high = ranges.get(envelope.tp.partition, (envelope.offset, envelope.offset))
+        ranges[envelope.tp.partition] = (min(low, envelope.offset), max(high, envelope.offset))
+    parts = [f"{p}@{lo}-{hi}" for p, (lo, hi) in sorted(ranges.items())]
+    shown = ",".join(parts[:4]) + (f",+{len(parts) - 4}" if len(parts) > 4 else "")
+    digest = hashlib.sha256(payload).hexdigest()[:12]
+    return f"{topic}/{shown}#{digest}"[:250]
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
+
+    async def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
+        await self._pipeline.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
+        self._pipeline.on_assigned(set(assigned))
+
+
+class Pipeline:
+    """The streaming worker. ``await run()`` until :meth:`request_stop` (or a fatal error)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        consumer: AIOKafkaConsumer,
+        dead_letters: DeadLetterWriter,
+        labelbox: LabelboxClient,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._consumer = consumer
+        self._dlq = dead_letters
+        self._lb = labelbox
+        self._clock = clock
+        self._batcher: Batcher[Envelope] = Batcher(
+            BatchLimits(settings.batch_max_rows, settings.batch_max_bytes, settings.batch_linger_s)
+        )
+        self._trackers: dict[TopicPartition, PartitionOffsets] = {}
+        self._buffered = 0
+        self._paused = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convert")
+        self._background: set[asyncio.Task[Any]] = set()
+        self._stages: dict[str, asyncio.Task[None]] = {}
+        self._queue: asyncio.Queue[list[Envelope] | None] | None = None
+        self._stopping: asyncio.Event | None = None
+        self._commit_wanted: asyncio.Event | None = None
+        self._upload_slots: asyncio.Semaphore | None = None
+        self._labelbox_ok = True
+        self._stop_requested = False
+        self.fatal: BaseException | None = None
+        self.joined = False
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Consume until stopped; drain; return the exit status."""
+        self._queue = asyncio.Queue()
+        self._stopping = asyncio.Event()
+        if self._stop_requested:
+            self._stopping.set()
+        self._commit_wanted = asyncio.Event()
+        self._upload_slots = asyncio.Semaphore(self._settings.upload_concurrency)
+        self._consumer.subscribe([self._settings.kafka_topic], listener=_Rebalance(self))
+        self._stages = {
+            "fetch": asyncio.create_task(self._fetch_loop(), name="fetch"),
+            "convert": asyncio.create_task(self._convert_loop(), name="convert"),
+            "linger": asyncio.create_task(self._linger_loop(), name="linger"),
+            "commit": asyncio.create_task(self._commit_loop(), name="commit"),
+        }
+        log.info(
+            "worker_started", extra=ctx(topic=self._settings.kafka_topic, group=self._settings.kafka_group_id)
+        )
+        crashed = await self._wait_for_stop()
+        await self._drain()
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if crashed is not None:
+            return EXIT_INTERNAL
+        return EXIT_AUTH if isinstance(self.fatal, AuthenticationError) else EXIT_OK
+
+    def request_stop(self) -> None:
+        """Begin a graceful shutdown (idempotent; safe from a signal handler)."""
+        self._stop_requested = True
+        if self._stopping is not None and not self._stopping.is_set():
+            log.info("worker_stopping", extra=ctx(buffered_bytes=self._buffered))
+            self._stopping.set()
+
+    async def _wait_for_stop(self) -> BaseException | None:
+        assert self._stopping is not None
+        stop = asyncio.create_task(self._stopping.wait())
+        done, _ = await asyncio.wait({stop, *self._stages.values()}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        for task in done:
+            if task is not stop and not task.cancelled() and task.exception() is not None:
+                error = task.exception()
+                log.error("stage_crashed", extra=ctx(stage=task.get_name()), exc_info=error)
+                self.request_stop()
+                return error
+        return None
+
+    @property
+    def stopping(self) -> bool:
+        """True once a shutdown began."""
+        return self._stopping is not None and self._stopping.is_set()
+
+    def health(self) -> dict[str, bool]:
+        """``live``: every stage task runs. ``ready``: joined, Labelbox reachable, not stopping."""
+        live = bool(self._stages) and all(not t.done() for t in self._stages.values())
+        ready = live and self.joined and self._labelbox_ok and not self.stopping
+        return {"live": live, "ready": ready, "joined": self.joined, "labelbox_ok": self._labelbox_ok}
+
+    # --- 1. fetch ------------------------------------------------------------------------------
+
+    async def _fetch_loop(self) -> None:
+        assert self._stopping is not None
+        limit = self._settings.kafka_max_poll_records
+        while not self._stopping.is_set():
+            self._apply_backpressure()
+            fetched = await self._consumer.getmany(timeout_ms=100, max_records=limit)
+            for tp, records in fetched.items():
+                self._accept(tp, records)
+
+    def _accept(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        assert self._queue is not None
+        tracker = self._tracker(tp, records[0].offset)
+        envelopes = []
+        for record in records:
+            tracker.track(record.offset)
+            size = len(record.value or b"") + len(record.key or b"") + _RECORD_OVERHEAD_BYTES
+            envelopes.append(Envelope(tp, record.offset, record.key, record.value, size, tracker))
+        self._buffered += sum(e.size for e in envelopes)
+        self._metrics.buffered_bytes.set(self._buffered)
+        self._metrics.messages_consumed.labels(tp.topic).inc(len(records))
+        highwater = self._consumer.highwater(tp)
+        if highwater is not None:
+            self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(
+                highwater - records[-1].offset - 1
+            )
+        self._queue.put_nowait(envelopes)
+
+    def _tracker(self, tp: TopicPartition, first_offset: int) -> PartitionOffsets:
+        tracker = self._trackers.get(tp)
+        if tracker is None or first_offset < tracker.commit_offset:
+            # New partition, or the consumer moved back (offset reset): a fresh start. Records
+            # still in flight under the old tracker will no longer be committed.
+            tracker = self._trackers[tp] = PartitionOffsets(first_offset)
+        return tracker
+
+    def _apply_backpressure(self) -> None:
+        full = self._buffered >= self._settings.buffer_max_bytes
+        if full != self._paused:
+            partitions = self._consumer.assignment()
+            if full:
+                self._consumer.pause(*partitions)
+            else:
+                self._consumer.resume(*partitions)
+            self._paused = full
+            self._metrics.paused_partitions.set(len(partitions) if full else 0)
+            log.info("fetch_paused" if full else "fetch_resumed", extra=ctx(buffered_bytes=self._buffered))
+
+    # --- 2. convert ----------------------------------------------------------------------------
+
+    async def _convert_loop(self) -> None:
+        assert self._queue is not None
+        loop = asyncio.get_running_loop()
+        max_bytes = self._settings.message_max_bytes
+        while (envelopes := await self._queue.get()) is not None:
+            results = await loop.run_in_executor(self._executor, process_chunk, envelopes, max_bytes)
+            for envelope, rejection in results:
+                if not self._owned(envelope):
+                    self._release(envelope)
+                elif rejection is not None:
+                    self._metrics.messages_rejected.labels(rejection.reason).inc()
+                    self._spawn(self._dead_letter(envelope, rejection.reason, rejection.errors))
+                else:
+                    self._add_to_batch(envelope)
+
+    def _owned(self, envelope: Envelope) -> bool:
+        return self._trackers.get(envelope.tp) is envelope.tracker
+
+    def _add_to_batch(self, envelope: Envelope) -> None:
+        for line in envelope.lines:
+            self._metrics.predictions_converted.labels(line.kind).inc()
+        assert envelope.model_run_id is not None
+        for batch in self._batcher.add(envelope.model_run_id, envelope, self._clock()):
+            self._launch(batch, "full")
+
+    # --- 3. batch ------------------------------------------------------------------------------
+
+    async def _linger_loop(self) -> None:
+        tick = min(0.05, max(self._settings.batch_linger_s / 4, 0.005))
+        while True:
+            await asyncio.sleep(tick)
+            for batch in self._batcher.due(self._clock()):
+                self._launch(batch, "linger")
+
+    def _launch(self, batch: Batch[Envelope], trigger: str) -> None:
+        self._metrics.batches_closed.labels(trigger).inc()
+        self._spawn(self._upload(batch, self._clock()))
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task_crashed", exc_info=task.exception())
+            self.fatal = self.fatal or task.exception()
+            self.request_stop()
+
+    # --- 4. import -----------------------------------------------------------------------------
+
+    async def _upload(self, batch: Batch[Envelope], closed_at: float) -> None:
+        assert self._upload_slots is not None
+        async with self._upload_slots:
+            self._metrics.imports_in_flight.inc()
+            try:
+                outcome = await self._import(batch)
+            finally:
+                self._metrics.imports_in_flight.dec()
+        self._metrics.imports.labels(outcome).inc()
+        self._metrics.import_latency.observe(self._clock() - closed_at)
+
+    async def _import(self, batch: Batch[Envelope]) -> str:
+        payload = batch.payload()
+        name = import_name(self._settings.kafka_topic, batch, payload)
+        run = batch.model_run_id
+        log.info(
+            "import_started",
+            extra=ctx(model_run_id=run, import_name=name, rows=batch.rows, bytes=len(payload)),
+        )
+        while True:
+            try:
+                state = await self._lb.create_import(run, name, payload)
+                state = await self._follow(state)
+                self._labelbox_ok = True
+                return await self._settle_import(batch, state)
+            except AuthenticationError as exc:
+                self._fail(exc)
+                return "auth_error"
+            except RequestRejected as exc:
+                await self._dead_letter_all(batch, "import_rejected", [str(exc)], name)
+                return "rejected"
+            except TransientError as exc:
+                self._labelbox_ok = False
+                log.warning(
+                    "import_retry_round", extra=ctx(model_run_id=run, import_name=name, error=str(exc))
+                )
+                await asyncio.sleep(random.uniform(1.0, 5.0))
+
+    async def _follow(self, state: ImportState) -> ImportState:
+        deadline = self._clock() + self._settings.labelbox_import_timeout_s
+        while not state.done:
+            if self._clock() > deadline:
+                raise TransientError(
+                    f"import {state.name} still {state.state} at the deadline", "import_timeout"
+                )
+            await asyncio.sleep(self._settings.labelbox_poll_interval_s)
+            polled = await self._lb.get_import(state.model_run_id, state.name)
+            if polled is None:
+                raise TransientError(f"import {state.name} is not found", "import_missing")
+            state = polled
+        return state
+
+    async def _settle_import(self, batch: Batch[Envelope], state: ImportState) -> str:
+        if state.state == "FAILED":
+            await self._dead_letter_all(
+                batch, "import_failed", [f"Labelbox import {state.name} FAILED"], state.name
+            )
+            return "failed"
+        try:
+            if not state.status_file_url:
+                raise TransientError("FINISHED import has no status file", "no_status_file")
+            rows = await self._lb.fetch_statuses(state.status_file_url)
+        except TransientError as exc:
+            await self._dead_letter_all(batch, "import_status_unavailable", [str(exc)], state.name)
+            return "status_unavailable"
+        statuses = {row.uuid: row for row in rows}
+        failed = await asyncio.gather(*(self._settle_message(e, statuses, state.name) for e in batch.items))
+        log.info(
+            "import_finished",
+            extra=ctx(
+                model_run_id=state.model_run_id,
+                import_name=state.name,
+                rows=batch.rows,
+                failed_messages=sum(failed),
+            ),
+        )
+        return "partial" if any(failed) else "success"
+
+    async def _settle_message(self, envelope: Envelope, statuses: dict[str, RowStatus], name: str) -> bool:
+        problems = [_row_problem(line, statuses.get(line.uuid)) for line in envelope.lines]
+        errors = [p for p in problems if p is not None]
+        self._metrics.rows_imported.inc(len(problems) - len(errors))
+        if not errors:
+            self._settle(envelope)
+            return False
+        self._metrics.rows_failed.inc(len(errors))
+        await self._dead_letter(envelope, "labelbox_rejected", errors, name)
+        return True
+
+    def _fail(self, error: BaseException) -> None:
+        if self.fatal is None:
+            log.error("labelbox_authentication_failed", extra=ctx(error=str(error)))
+            self.fatal = error
+        self.request_stop()
+
+    # --- dead letters --------------------------------------------------------------------------
+
+    async def _dead_letter_all(
+        self, batch: Batch[Envelope], reason: str, errors: list[str], name: str
+    ) -> None:
+        await asyncio.gather(*(self._dead_letter(e, reason, errors, name) for e in batch.items))
+
+    async def _dead_letter(
+        self, envelope: Envelope, reason: str, errors: list[str], import_name: str | None = None
+    ) -> None:
+        letter = DeadLetter(
+            topic=envelope.tp.topic,
+            partition=envelope.tp.partition,
+            offset=envelope.offset,
+            key=envelope.key,
+            value=envelope.value,
+            reason=reason,
+            errors=tuple(errors),
+            model_run_id=envelope.model_run_id,
+            message_id=envelope.message_id,
+            import_name=import_name,
+        )
+        delay = 0.5
+        while True:
+            try:
+                await self._dlq.write(letter)
+                break
+            except KafkaError as exc:
+                log.warning("dlq_write_retry", extra=ctx(reason=reason, error=str(exc)))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
+        self._metrics.dlq_records.labels(reason).inc()
+        self._settle(envelope)
+
+    # --- 5. settle and commit ------------------------------------------------------------------
+
+    def _settle(self, envelope: Envelope) -> None:
+        if self._owned(envelope) and envelope.tracker.settle(envelope.offset):
+            assert self._commit_wanted is not None
+            self._commit_wanted.set()
+        self._release(envelope)
+
+    def _release(self, envelope: Envelope) -> None:
+        if not envelope.released:
+            envelope.released = True
+            self._buffered -= envelope.size
+            self._metrics.buffered_bytes.set(self._buffered)
+
+    async def _commit_loop(self) -> None:
+        assert self._commit_wanted is not None
+        while True:
+            await self._commit_wanted.wait()
+            self._commit_wanted.clear()
+            await self.commit()
+            await asyncio.sleep(0.2)  # coalesce settlements into fewer commits
+
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+        """Commit every partition's settled offset that moved (or only those in ``only``)."""
+        due = {
+            tp: (tracker, tracker.commit_offset)
+            for tp, tracker in self._trackers.items()
+            if tracker.needs_commit() and (only is None or tp in only)
+        }
+        if not due:
+            return
+        try:
+            await self._consumer.commit({tp: offset for tp, (_, offset) in due.items()})
+        except KafkaError as exc:
+            log.warning("commit_failed", extra=ctx(error=str(exc), partitions=len(due)))
+            return
+        for tp, (tracker, offset) in due.items():
+            tracker.mark_committed(offset)
+            self._metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(offset)
+        self._metrics.last_commit.set(time.time())
+
+    # --- rebalance -----------------------------------------------------------------------------
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Commit what is settled on the revoked partitions, then forget them."""
+        await self.commit(only=revoked)
+        for tp in revoked:
+            self._trackers.pop(tp, None)
+        for envelope in self._batcher.drop(lambda e: e.tp in revoked):
+            self._release(envelope)
+        self.joined = False
+        log.info("partitions_revoked", extra=ctx(partitions=sorted(tp.partition for tp in revoked)))
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Note the assignment; new partitions stay paused while the buffer is full."""
+        self.joined = True
+        if self._paused and assigned:
+            self._consumer.pause(*assigned)
+        log.info("partitions_assigned", extra=ctx(partitions=sorted(tp.partition for tp in assigned)))
+
+    # --- drain ---------------------------------------------------------------------------------
+
+    async def _drain(self) -> None:
+        """Stop intake, finish converting, flush batches, wait for imports until the deadline, commit."""
+        deadline = self._clock() + self._settings.shutdown_timeout_s
+        await _cancel(self._stages["fetch"])
+        with contextlib.suppress(KafkaError, AssertionError):
+            self._consumer.pause(*self._consumer.assignment())
+        assert self._queue is not None
+        self._queue.put_nowait(None)
+        await self._wait(self._stages["convert"], deadline)
+        await _cancel(self._stages["linger"])
+        if self.fatal is None:
+            for batch in self._batcher.flush():
+                self._launch(batch, "shutdown")
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=max(0.0, deadline - self._clock()))
+        for task in list(self._background):
+            await _cancel(task)
+        await _cancel(self._stages["commit"])
+        await asyncio.shield(self.commit())
+        log.info("worker_drained", extra=ctx(unsettled_bytes=self._buffered))
+
+    async def _wait(self, task: asyncio.Task[None], deadline: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(task), timeout=max(0.0, deadline - self._clock()))
+        await _cancel(task)
+
+
+def _row_problem(line: NdjsonLine, status: RowStatus | None) -> str | None:
+    if status is None:
+        return f"{line.uuid}: Labelbox reported no status for this row"
+    if status.status == "SUCCESS":
+        return None
+    details = (
+        "; ".join(f"{e.get('name', 'Error')}: {e.get('message', '')}" for e in status.errors) or status.status
+    )
+    return f"{line.uuid}: {details}"
+
+
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel a task and wait until it is done (its exception, if any, was already reported)."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task

@@ -1,0 +1,60 @@
+"""`python -m worker.sandbox --port 8765 --api-key KEY`: run the sandbox until SIGTERM or SIGINT.
+
+Prints one line, `Labelbox sandbox ready: http://<host>:<port>/graphql`, once it accepts requests. The API
+key comes from `--api-key` or the `SANDBOX_API_KEY` environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+
+from worker.sandbox.server import Sandbox
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m worker.sandbox", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument(
+        "--api-key", default=os.environ.get("SANDBOX_API_KEY"), help="default: $SANDBOX_API_KEY"
+    )
+    parser.add_argument("--processing-delay-s", type=float, default=0.2)
+    parser.add_argument("--task-delay-s", type=float, default=None, help="default: --processing-delay-s")
+    parser.add_argument("--model-run-id", action="append", dest="model_run_ids", help="repeat; default: any")
+    parser.add_argument("--require-data-row-membership", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.api_key:
+        parser.error("an API key is required: --api-key or SANDBOX_API_KEY")
+    return args
+
+
+async def serve(args: argparse.Namespace) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    sandbox = Sandbox(
+        api_key=args.api_key,
+        host=args.host,
+        port=args.port,
+        processing_delay_s=args.processing_delay_s,
+        model_run_ids=args.model_run_ids,
+        require_data_row_membership=args.require_data_row_membership,
+        task_delay_s=args.task_delay_s,
+    )
+    async with sandbox:
+        print(f"Labelbox sandbox ready: {sandbox.graphql_url}", flush=True)
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    asyncio.run(serve(parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

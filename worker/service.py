@@ -1,0 +1,104 @@
+"""``python -m worker run``: build the components from Settings, run the pipeline, shut down in order."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+from worker.dlq import DeadLetterWriter
+from worker.labelbox import AuthenticationError, LabelboxClient
+from worker.logs import configure, ctx
+from worker.metrics import Metrics
+from worker.pipeline import EXIT_AUTH, EXIT_SETTINGS, Pipeline
+from worker.server import OpsServer
+from worker.settings import Settings, SettingsError
+from worker.source import make_consumer, make_producer
+
+log = logging.getLogger("worker.service")
+
+
+class Service:
+    """The worker process: Labelbox client, DLQ producer, consumer, ops server and the pipeline."""
+
+    def __init__(
+        self, settings: Settings, metrics: Metrics | None = None, *, metrics_host: str = "0.0.0.0"
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or Metrics()
+        self.labelbox = LabelboxClient(
+            settings.labelbox_graphql_url,
+            settings.labelbox_api_key,
+            request_timeout_s=settings.labelbox_request_timeout_s,
+            retry_max_s=settings.labelbox_retry_max_s,
+            on_retry=self._count_retry,
+        )
+        self._metrics_host = metrics_host
+        self.pipeline: Pipeline | None = None
+        self.ops: OpsServer | None = None
+        self._stop_requested = False
+
+    def _count_retry(self, operation: str, cause: str, _sleep_s: float) -> None:
+        self.metrics.upload_retries.labels(operation, cause).inc()
+
+    def request_stop(self) -> None:
+        """Graceful shutdown: drain within SHUTDOWN_TIMEOUT_S, commit, return (idempotent)."""
+        self._stop_requested = True
+        if self.pipeline is not None:
+            self.pipeline.request_stop()
+
+    async def run(self) -> int:
+        """Run until :meth:`request_stop` or a fatal error; returns the exit status."""
+        async with self.labelbox:
+            try:
+                await self.labelbox.check_auth()
+            except AuthenticationError as exc:
+                log.error("labelbox_authentication_failed", extra=ctx(error=str(exc)))
+                return EXIT_AUTH
+            return await self._run_pipeline()
+
+    async def _run_pipeline(self) -> int:
+        producer = make_producer(self.settings)
+        consumer = make_consumer(self.settings)
+        self.pipeline = pipeline = Pipeline(
+            self.settings,
+            self.metrics,
+            consumer=consumer,
+            dead_letters=DeadLetterWriter(producer, self.settings.kafka_dlq_topic),
+            labelbox=self.labelbox,
+        )
+        if self._stop_requested:
+            pipeline.request_stop()
+        self.ops = ops = OpsServer(
+            self.metrics.registry, pipeline.health, host=self._metrics_host, port=self.settings.metrics_port
+        )
+        await ops.start()
+        try:
+            await producer.start()
+            await consumer.start()
+            log.info("metrics_serving", extra=ctx(port=ops.port))
+            return await pipeline.run()
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            await ops.stop()
+
+
+async def _serve_with_signals(settings: Settings) -> int:
+    service = Service(settings)  # async clients are created inside the running loop
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, service.request_stop)
+    return await service.run()
+
+
+def main() -> int:
+    """Entry point of ``python -m worker run``."""
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"worker: {exc}", file=sys.stderr)
+        return EXIT_SETTINGS
+    configure(settings.log_level, settings.log_format)
+    return asyncio.run(_serve_with_signals(settings))

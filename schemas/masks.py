@@ -255,6 +255,8 @@ def mask_from_array(array: npt.ArrayLike, color: tuple[int, int, int] | None = N
     """
     pixels = np.asarray(array)
     if color is not None:
+        if len(color) != 3 or not all(0 <= c <= 255 for c in color):
+            raise ValueError(f"a colour is (r, g, b) in 0..255, got {color!r}")
         if pixels.ndim != 3 or pixels.shape[2] < 3:
             raise ValueError(f"a colour needs an H x W x 3 array, got shape {pixels.shape}")
         inside = np.all(pixels[:, :, :3] == np.asarray(color, dtype=pixels.dtype), axis=2)

@@ -12,6 +12,7 @@ def _parser() -> argparse.ArgumentParser:
     convert = commands.add_parser("convert", help="convert messages (JSON lines) to Labelbox NDJSON")
     convert.add_argument("file", nargs="?", help="input file; stdin when absent or '-'")
     commands.add_parser("run", help="run the streaming worker (settings from the environment)")
+    commands.add_parser("demo", help="run everything locally with a demo producer (make run)")
     return parser
 
 
@@ -25,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         from worker import service
 
         return service.main()
+    if args.command == "demo":
+        from worker import demo
+
+        return demo.main()
     return 2  # pragma: no cover - argparse enforces a known command
 
 

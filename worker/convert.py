@@ -227,6 +227,8 @@ def prediction_line(model_run_id: str, data_row: Json, index: int, prediction: P
 
 def _ndjson_line(model_run_id: str, index: int, line: Any) -> NdjsonLine:
     body = line.model_dump(mode="json", exclude_unset=True)
+    if isinstance(line, nd.NdMaskLine) and isinstance(line.mask, PngMask):
+        body["mask"]["png"] = line.mask.png01_base64()  # Labelbox takes 8-bit PNGs of 0/1 only
     given = body.pop("uuid", None)
     feature = None if "metricValue" in body else (body.get("name") or f"schemaId:{body.get('schemaId')}")
     kind = _ND_KINDS.get(type(line), "unknown")

@@ -10,7 +10,9 @@ The API key is sent only in the Authorization header and never appears in errors
 from __future__ import annotations
 
 import contextlib
+import datetime
 import email.utils
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,8 +26,7 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
-    stop_after_delay,
-    wait_random_exponential,
+    stop_before_delay,
 )
 
 T = TypeVar("T")
@@ -40,6 +41,7 @@ GET_IMPORT = f"""query getMEAPredictionImport($modelRunId: ID!, $name: String!) 
   modelErrorAnalysisPredictionImport(where: {{modelRunId: $modelRunId, name: $name}}) {{ {_IMPORT_FIELDS} }}
 }}"""
 CHECK_AUTH = "query getUser { user { id } }"
+_BACKOFF_BASE_S, _BACKOFF_CAP_S = 0.5, 30.0
 _TRANSIENT_CODES = frozenset({"INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE", "TOO_MANY_REQUESTS"})
 _AUTH_CODES = frozenset({"AUTHENTICATION_ERROR", "AUTHORIZATION_ERROR", "UNAUTHENTICATED", "FORBIDDEN"})
 
@@ -130,7 +132,11 @@ def _retry_after(value: str | None) -> float | None:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return None
+        if when.tzinfo is None:  # HTTP-dates are GMT
+            when = when.replace(tzinfo=datetime.UTC)
         seconds = when.timestamp() - time.time()
+    if math.isnan(seconds):
+        return None
     return min(max(seconds, 0.0), 600.0)
 
 
@@ -149,6 +155,11 @@ def _graphql_errors(errors: list[dict[str, Any]]) -> LabelboxError:
 
 def _http_error(status: int, body: bytes, retry_after: str | None) -> LabelboxError:
     text = body[:300].decode("utf-8", "replace")
+    if status == 400 and body.lstrip().startswith(b"{"):
+        with contextlib.suppress(orjson.JSONDecodeError):
+            answer = orjson.loads(body)
+            if isinstance(answer, dict) and isinstance(answer.get("errors"), list) and answer["errors"]:
+                return _graphql_errors(answer["errors"])
     if status in (401, 403):
         return AuthenticationError(f"Labelbox answered HTTP {status}: the API key is invalid or lacks access")
     if status == 429:
@@ -220,7 +231,8 @@ class LabelboxClient:
         error = state.outcome.exception() if state.outcome else None
         if isinstance(error, TransientError) and error.retry_after_s is not None:
             return error.retry_after_s + self._rng.uniform(0, min(1.0, 0.1 * error.retry_after_s + 0.1))
-        return float(wait_random_exponential(multiplier=0.5, max=30)(state))
+        # Full jitter: uniform over [0, min(cap, base * 2^attempt)].
+        return self._rng.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** (state.attempt_number - 1)))
 
     async def _retrying(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         def before_sleep(state: RetryCallState) -> None:
@@ -231,7 +243,7 @@ class LabelboxClient:
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: isinstance(e, LabelboxError) and e.retriable),
             wait=self._wait,
-            stop=stop_after_delay(self._retry_max_s),
+            stop=stop_before_delay(self._retry_max_s),  # never sleep past the budget
             before_sleep=before_sleep,
             reraise=True,
         )

@@ -58,6 +58,9 @@ REASON_CODES = frozenset(
     {
         *_BUILTIN.values(),
         "wrong_type",
+        "empty_message",
+        "decoder_error",
+        "conversion_error",
         "invalid_utf8",
         "not_an_object",
         "message_too_large",

@@ -1,0 +1,125 @@
+"""Backpressure, graceful shutdown, and the ops endpoints of a running worker (real broker and sandbox)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.factories import every_type, message
+from tests.kafka_helpers import committed, produce
+from tests.worker_harness import make_topics, running, settings_for, wait_committed
+from worker.convert import convert
+from worker.decode import decode
+from worker.sandbox import FaultRule, Sandbox
+
+pytestmark = pytest.mark.integration
+
+
+def _records(count: int, partitions: int, run: str = "run-x") -> list[tuple[bytes | None, bytes, int | None]]:
+    return [
+        (
+            run.encode(),
+            orjson.dumps(message(*every_type(), model_run_id=run, data_row={"id": f"dr-{i}"})),
+            i % partitions,
+        )
+        for i in range(count)
+    ]
+
+
+async def _sample_until(condition: object, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+async def test_backpressure_pauses_fetching_while_labelbox_is_slow(
+    bootstrap: str, topic: str, sandbox: Sandbox
+) -> None:
+    await make_topics(bootstrap, topic, 2)
+    records = _records(300, 2)
+    await produce(bootstrap, topic, records)
+    sandbox.state.add_fault(
+        FaultRule(kind="latency", operation="create_import", delay_s=1.5, count=None, duration_s=4)
+    )
+    settings = settings_for(
+        bootstrap,
+        topic,
+        sandbox,
+        buffer_max_bytes=64 * 1024,
+        batch_max_rows=100,
+        labelbox_request_timeout_s=10,
+    )
+    async with running(settings) as (service, _):
+        metrics = service.metrics
+        paused = await _sample_until(lambda: metrics.paused_partitions._value.get() > 0, 15)
+        assert paused, "fetching paused once the buffer was full"
+        peak = 0.0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            peak = max(peak, metrics.buffered_bytes._value.get())
+            await asyncio.sleep(0.02)
+        largest = max(len(v) for _, v, _ in records) + 200
+        # Bounded: the buffer plus at most one fetch of records past the threshold.
+        assert peak <= settings.buffer_max_bytes + settings.kafka_max_poll_records * largest
+        assert await wait_committed(bootstrap, settings, {0: 150, 1: 150}) == {0: 150, 1: 150}
+        assert metrics.paused_partitions._value.get() == 0, "resumed"
+    stored = {p["uuid"] for p in sandbox.state.predictions("run-x")}
+    assert len(stored) == 300 * len(every_type())
+
+
+async def test_graceful_stop_commits_only_settled_work_and_a_restart_delivers_the_rest(
+    bootstrap: str, topic: str, sandbox: Sandbox
+) -> None:
+    await make_topics(bootstrap, topic, 2)
+    records = _records(400, 2)
+    await produce(bootstrap, topic, records)
+    sandbox.state.add_fault(FaultRule(kind="slow_import", delay_s=0.5, count=None))
+    settings = settings_for(bootstrap, topic, sandbox, batch_max_rows=150, shutdown_timeout_s=2.0)
+    async with running(settings) as (service, task):
+        assert await _sample_until(lambda: bool(sandbox.state.predictions("run-x")), 20)
+        started = time.monotonic()
+        service.request_stop()
+        status = await task
+        assert status == 0
+        assert time.monotonic() - started < settings.shutdown_timeout_s + 3
+    seen = await committed(bootstrap, settings.kafka_group_id, topic, 2)
+    stored = {p["uuid"] for p in sandbox.state.predictions("run-x")}
+    for _, value, partition in records:
+        offset = records.index((_, value, partition)) // 2  # offsets per partition follow production order
+        if offset < (seen[partition] or 0):
+            lines = convert(decode(value))  # type: ignore[arg-type]
+            assert {line.uuid for line in lines} <= stored, "a committed message was imported"
+    sandbox.state.clear_faults()
+    async with running(settings):
+        assert await wait_committed(bootstrap, settings, {0: 200, 1: 200}) == {0: 200, 1: 200}
+    assert len({p["uuid"] for p in sandbox.state.predictions("run-x")}) == 400 * len(every_type())
+
+
+async def test_ops_endpoints_report_health_and_metrics(bootstrap: str, topic: str, sandbox: Sandbox) -> None:
+    await make_topics(bootstrap, topic, 1)
+    await produce(bootstrap, topic, [*_records(5, 1), (b"run-x", b"{broken", 0)])
+    settings = settings_for(bootstrap, topic, sandbox)
+    async with running(settings) as (service, _), aiohttp.ClientSession() as http:
+        assert await wait_committed(bootstrap, settings, {0: 6}) == {0: 6}
+        assert service.ops is not None
+        base = f"http://127.0.0.1:{service.ops.port}"
+        async with http.get(f"{base}/healthz") as live:
+            assert live.status == 200
+        async with http.get(f"{base}/readyz") as ready:
+            assert ready.status == 200
+            assert (await ready.json())["joined"] is True
+        async with http.get(f"{base}/metrics") as scraped:
+            text = await scraped.text()
+    assert 'lbworker_messages_rejected_total{reason="invalid_json"} 1.0' in text
+    assert 'lbworker_dlq_records_total{reason="invalid_json"} 1.0' in text
+    assert f'lbworker_messages_consumed_total{{topic="{topic}"}} 6.0' in text
+    assert 'lbworker_predictions_converted_total{type="bbox"} 5.0' in text
+    assert 'lbworker_imports_total{outcome="success"}' in text
+    assert "test-key" not in text

@@ -1,4 +1,10 @@
-"""``python -m worker COMMAND``: the worker's commands."""
+"""``python -m worker COMMAND``: the worker's commands.
+
+- ``run``         the streaming worker (settings from the environment)
+- ``convert``     messages (JSON lines) -> Labelbox NDJSON, without Kafka
+- ``replay-dlq``  re-publish dead-lettered records to the main topic
+- ``demo``        everything locally with a demo producer (``make run``)
+"""
 
 from __future__ import annotations
 
@@ -6,31 +12,48 @@ import argparse
 import sys
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    convert = commands.add_parser("convert", help="convert messages (JSON lines) to Labelbox NDJSON")
-    convert.add_argument("file", nargs="?", help="input file; stdin when absent or '-'")
-    commands.add_parser("run", help="run the streaming worker (settings from the environment)")
-    commands.add_parser("demo", help="run everything locally with a demo producer (make run)")
-    return parser
+def _convert(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker convert", description="messages -> NDJSON")
+    parser.add_argument(
+        "file", nargs="?", help="input file (one JSON message per line); stdin when absent or '-'"
+    )
+    args = parser.parse_args(argv)
+    from worker import cli_convert
+
+    return cli_convert.run(args.file, sys.stdin.buffer, sys.stdout.buffer, sys.stderr.buffer)
+
+
+def _run(argv: list[str]) -> int:
+    argparse.ArgumentParser(
+        prog="python -m worker run", description="settings come from the environment"
+    ).parse_args(argv)
+    from worker import service
+
+    return service.main()
+
+
+def _replay(argv: list[str]) -> int:
+    from worker import replay
+
+    return replay.main(argv)
+
+
+def _demo(argv: list[str]) -> int:
+    argparse.ArgumentParser(prog="python -m worker demo").parse_args(argv)
+    from worker import demo
+
+    return demo.main()
+
+
+COMMANDS = {"run": _run, "convert": _convert, "replay-dlq": _replay, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    if args.command == "convert":
-        from worker import cli_convert
-
-        return cli_convert.run(args.file, sys.stdin.buffer, sys.stdout.buffer, sys.stderr.buffer)
-    if args.command == "run":
-        from worker import service
-
-        return service.main()
-    if args.command == "demo":
-        from worker import demo
-
-        return demo.main()
-    return 2  # pragma: no cover - argparse enforces a known command
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] not in COMMANDS:
+        print(__doc__, file=sys.stderr)
+        return 2
+    return COMMANDS[args[0]](args[1:])
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
@@ -18,6 +19,8 @@ H_MODEL_RUN = "dlq.model_run_id"
 H_MESSAGE_ID = "dlq.message_id"
 H_IMPORT = "dlq.import_name"
 H_TRUNCATED = "dlq.value_truncated_from"
+#: How many times ``replay-dlq`` re-published this record (carried through the worker and the DLQ).
+H_REPLAYS = "dlq.replay_count"
 _MAX_ERROR_CHARS = 4000
 #: What is kept of a value the broker refuses as too large.
 _TRUNCATED_VALUE_BYTES = 64 * 1024
@@ -38,6 +41,7 @@ class DeadLetter:
     model_run_id: str | None = None
     message_id: str | None = None
     import_name: str | None = None
+    replays: int = 0
 
     def headers(self) -> list[tuple[str, bytes]]:
         """The record headers; optional ones only when known."""
@@ -50,8 +54,20 @@ class DeadLetter:
             (H_MODEL_RUN, self.model_run_id),
             (H_MESSAGE_ID, self.message_id),
             (H_IMPORT, self.import_name),
+            (H_REPLAYS, str(self.replays) if self.replays else None),
         ]
         return [(name, value.encode()) for name, value in pairs if value is not None]
+
+
+def replay_count(headers: Iterable[tuple[str, bytes]]) -> int:
+    """The ``dlq.replay_count`` of a record's headers (0 when absent or unreadable)."""
+    for name, value in headers:
+        if name == H_REPLAYS:
+            try:
+                return max(0, int(value))
+            except ValueError:
+                return 0
+    return 0
 
 
 class DeadLetterWriter:

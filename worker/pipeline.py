@@ -32,7 +32,7 @@ from aiokafka.errors import KafkaError
 from worker.batcher import Batch, Batcher, BatchLimits
 from worker.convert import NdjsonLine, convert
 from worker.decode import Rejection, decode
-from worker.dlq import DeadLetter, DeadLetterWriter
+from worker.dlq import DeadLetter, DeadLetterWriter, replay_count
 from worker.labelbox import (
     AuthenticationError,
     ImportState,
@@ -65,6 +65,7 @@ class Envelope:
     lines: list[NdjsonLine] = field(default_factory=list)
     model_run_id: str | None = None
     message_id: str | None = None
+    replays: int = 0
     released: bool = False
 
 
@@ -227,7 +228,9 @@ class Pipeline:
         for record in records:
             tracker.track(record.offset)
             size = len(record.value or b"") + len(record.key or b"") + _RECORD_OVERHEAD_BYTES
-            envelopes.append(Envelope(tp, record.offset, record.key, record.value, size, tracker))
+            envelope = Envelope(tp, record.offset, record.key, record.value, size, tracker)
+            envelope.replays = replay_count(record.headers) if record.headers else 0
+            envelopes.append(envelope)
         self._buffered += sum(e.size for e in envelopes)
         self._metrics.buffered_bytes.set(self._buffered)
         self._metrics.messages_consumed.labels(tp.topic).inc(len(records))
@@ -428,6 +431,7 @@ class Pipeline:
             model_run_id=envelope.model_run_id,
             message_id=envelope.message_id,
             import_name=import_name,
+            replays=envelope.replays,
         )
         delay = 0.5
         while True:

@@ -25,8 +25,8 @@ class SettingsError(Exception):
     """The configuration is invalid; the message names every offending variable."""
 
 
-class Settings(BaseSettings):
-    """Every setting, with its unit in its name. Defaults suit a small production deployment."""
+class KafkaSettings(BaseSettings):
+    """The Kafka part of the settings (all that ``replay-dlq`` needs)."""
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
@@ -47,6 +47,34 @@ class Settings(BaseSettings):
     kafka_max_poll_interval_ms: int = Field(300_000, ge=10_000)
     kafka_dlq_max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
 
+    @model_validator(mode="after")
+    def _consistent_kafka(self) -> Self:
+        if self.kafka_security_protocol.startswith("SASL_"):
+            if self.kafka_sasl_mechanism is None:
+                raise ValueError("KAFKA_SASL_MECHANISM is required with KAFKA_SECURITY_PROTOCOL=SASL_*")
+            if not self.kafka_sasl_username or self.kafka_sasl_password is None:
+                raise ValueError("KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with SASL")
+        if self.kafka_dlq_topic == self.kafka_topic:
+            raise ValueError("KAFKA_DLQ_TOPIC must differ from KAFKA_TOPIC")
+        return self
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """Read and validate; raises :class:`SettingsError` naming each bad or unknown variable."""
+        env = dict(os.environ if environ is None else environ)
+        unknown = sorted(_unknown_variables(env, set(Settings.model_fields)))
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(unknown)} (misspelled?)")
+        values = {name: env[name.upper()] for name in cls.model_fields if name.upper() in env}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from None
+
+
+class Settings(KafkaSettings):
+    """Every setting, with its unit in its name. Defaults suit a small production deployment."""
+
     labelbox_api_key: SecretStr = Field(min_length=1)
     labelbox_graphql_url: str = Field("https://api.labelbox.com/graphql", pattern=r"^https?://\S+$")
     labelbox_poll_interval_s: float = Field(2.0, gt=0, le=600)
@@ -64,30 +92,6 @@ class Settings(BaseSettings):
     metrics_port: int = Field(9400, ge=0, le=65535)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
-
-    @model_validator(mode="after")
-    def _consistent(self) -> Self:
-        if self.kafka_security_protocol.startswith("SASL_"):
-            if self.kafka_sasl_mechanism is None:
-                raise ValueError("KAFKA_SASL_MECHANISM is required with KAFKA_SECURITY_PROTOCOL=SASL_*")
-            if not self.kafka_sasl_username or self.kafka_sasl_password is None:
-                raise ValueError("KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD are required with SASL")
-        if self.kafka_dlq_topic == self.kafka_topic:
-            raise ValueError("KAFKA_DLQ_TOPIC must differ from KAFKA_TOPIC")
-        return self
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read and validate; raises :class:`SettingsError` naming each bad or unknown variable."""
-        env = dict(os.environ if environ is None else environ)
-        unknown = sorted(_unknown_variables(env, set(cls.model_fields)))
-        if unknown:
-            raise SettingsError(f"unknown setting(s): {', '.join(unknown)} (misspelled?)")
-        values = {name: env[name.upper()] for name in cls.model_fields if name.upper() in env}
-        try:
-            return cls.model_validate(values)
-        except ValidationError as exc:
-            raise SettingsError(_describe(exc)) from None
 
 
 def _unknown_variables(env: Mapping[str, str], fields: set[str]) -> list[str]:

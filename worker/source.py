@@ -8,10 +8,10 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.helpers import create_ssl_context
 
-from worker.settings import Settings
+from worker.settings import KafkaSettings, Settings
 
 
-def _security(settings: Settings) -> dict[str, Any]:
+def _security(settings: KafkaSettings) -> dict[str, Any]:
     options: dict[str, Any] = {"security_protocol": settings.kafka_security_protocol}
     if settings.kafka_security_protocol in ("SSL", "SASL_SSL"):
         options["ssl_context"] = _ssl_context(settings)
@@ -25,7 +25,7 @@ def _security(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def _ssl_context(settings: Settings) -> ssl.SSLContext:
+def _ssl_context(settings: KafkaSettings) -> ssl.SSLContext:
     context: ssl.SSLContext = create_ssl_context(
         cafile=str(settings.kafka_ssl_cafile) if settings.kafka_ssl_cafile else None,
         certfile=str(settings.kafka_ssl_certfile) if settings.kafka_ssl_certfile else None,
@@ -59,11 +59,24 @@ def make_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(**options)
 
 
-def make_producer(settings: Settings) -> AIOKafkaProducer:
-    """The DLQ producer: acks from all in-sync replicas, large enough for a rejected message."""
+def make_reader(settings: KafkaSettings) -> AIOKafkaConsumer:
+    """A consumer outside any group (assign + seek), for reading the DLQ."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        client_id=f"{settings.kafka_client_id}-reader",
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=max(settings.kafka_dlq_max_message_bytes + 1024, 1024 * 1024),
+        **_security(settings),
+    )
+
+
+def make_producer(settings: KafkaSettings, role: str = "dlq") -> AIOKafkaProducer:
+    """A producer (DLQ writes, DLQ replay): acks from all in-sync replicas, room for a large message."""
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers,
-        client_id=f"{settings.kafka_client_id}-dlq",
+        client_id=f"{settings.kafka_client_id}-{role}",
         acks="all",
         max_request_size=settings.kafka_dlq_max_message_bytes,
         linger_ms=5,

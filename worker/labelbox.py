@@ -206,6 +206,8 @@ class LabelboxClient:
         self._on_retry = on_retry
         self._rng = rng or random.Random()
         self._session: aiohttp.ClientSession | None = None
+        #: Monotonic time since which requests have been failing transiently (None: last one succeeded).
+        self.failing_since: float | None = None
 
     async def start(self) -> None:
         """Open the HTTP session (idempotent)."""
@@ -237,6 +239,8 @@ class LabelboxClient:
     async def _retrying(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
             if self._on_retry is not None and state.next_action is not None:
                 self._on_retry(operation, getattr(error, "cause", "error"), state.next_action.sleep)
 
@@ -247,7 +251,9 @@ class LabelboxClient:
             before_sleep=before_sleep,
             reraise=True,
         )
-        return await retrying(call)
+        result: T = await retrying(call)
+        self.failing_since = None
+        return result
 
     # --- transport -----------------------------------------------------------------------------
 

@@ -49,7 +49,14 @@ from worker.settings import Settings
 log = logging.getLogger("worker.pipeline")
 #: Exit statuses of ``python -m worker run``.
 EXIT_OK, EXIT_INTERNAL, EXIT_SETTINGS, EXIT_AUTH = 0, 1, 2, 3
-_RECORD_OVERHEAD_BYTES = 200  # per fetched record, besides key and value: Python objects, bookkeeping
+_RECORD_OVERHEAD_BYTES = 200
+#: Labelbox failing transiently for longer than this makes the worker not ready.
+_LABELBOX_GRACE_S = 30.0
+#: How often, and how patiently, the broker is checked for readiness.
+_BROKER_CHECK_EVERY_S, _BROKER_CHECK_TIMEOUT_S = (
+    5.0,
+    5.0,
+)  # per fetched record, besides key and value: Python objects, bookkeeping
 
 
 @dataclass(slots=True, eq=False)
@@ -148,6 +155,7 @@ class Pipeline:
         self._commit_wanted: asyncio.Event | None = None
         self._upload_slots: asyncio.Semaphore | None = None
         self._labelbox_ok = True
+        self._broker_ok = True
         self._stop_requested = False
         self.fatal: BaseException | None = None
         self.joined = False
@@ -168,6 +176,7 @@ class Pipeline:
             "convert": asyncio.create_task(self._convert_loop(), name="convert"),
             "linger": asyncio.create_task(self._linger_loop(), name="linger"),
             "commit": asyncio.create_task(self._commit_loop(), name="commit"),
+            "broker_check": asyncio.create_task(self._broker_check_loop(), name="broker_check"),
         }
         log.info(
             "worker_started", extra=ctx(topic=self._settings.kafka_topic, group=self._settings.kafka_group_id)
@@ -207,8 +216,32 @@ class Pipeline:
     def health(self) -> dict[str, bool]:
         """``live``: every stage task runs. ``ready``: joined, Labelbox reachable, not stopping."""
         live = bool(self._stages) and all(not t.done() for t in self._stages.values())
-        ready = live and self.joined and self._labelbox_ok and not self.stopping
-        return {"live": live, "ready": ready, "joined": self.joined, "labelbox_ok": self._labelbox_ok}
+        failing_since = self._lb.failing_since
+        labelbox_ok = self._labelbox_ok and (
+            failing_since is None or time.monotonic() - failing_since < _LABELBOX_GRACE_S
+        )
+        ready = live and self.joined and self._broker_ok and labelbox_ok and not self.stopping
+        self._metrics.ready.set(1 if ready else 0)
+        return {
+            "live": live,
+            "ready": ready,
+            "joined": self.joined,
+            "broker_ok": self._broker_ok,
+            "labelbox_ok": labelbox_ok,
+        }
+
+    async def _broker_check_loop(self) -> None:
+        """Readiness: a metadata request every few seconds tells whether the brokers answer."""
+        while True:
+            try:
+                await asyncio.wait_for(self._consumer.topics(), timeout=_BROKER_CHECK_TIMEOUT_S)
+                ok = True
+            except (TimeoutError, KafkaError):
+                ok = False
+            if ok != self._broker_ok:
+                log.warning("broker_reachable" if ok else "broker_unreachable")
+                self._broker_ok = ok
+            await asyncio.sleep(_BROKER_CHECK_EVERY_S)
 
     # --- 1. fetch ------------------------------------------------------------------------------
 
@@ -525,6 +558,7 @@ class Pipeline:
         for task in list(self._background):
             await _cancel(task)
         await _cancel(self._stages["commit"])
+        await _cancel(self._stages["broker_check"])
         await asyncio.shield(self.commit())
         log.info("worker_drained", extra=ctx(unsettled_bytes=self._buffered))
 

@@ -59,11 +59,20 @@ class NdjsonLine:
 
 
 def derive_uuid(model_run_id: str, index: int, content: bytes) -> str:
-    """The deterministic uuid of the ``index``-th prediction with NDJSON ``content`` (sans uuid)."""
-    digest = hashlib.sha1(_UUID_NAMESPACE, usedforsecurity=False)
-    digest.update(f"{model_run_id}\x1f{index}\x1f".encode())
-    digest.update(content)
-    return str(uuid.UUID(bytes=digest.digest()[:16], version=5))
+    """The deterministic uuid of the ``index``-th prediction with NDJSON ``content`` (sans uuid).
+
+    UUID version 5 layout (RFC 4122) over SHA-1 of a namespace, the model run, the position and the
+    content; formatted directly, which is several times faster than going through ``uuid.UUID``.
+    """
+    digest = bytearray(
+        hashlib.sha1(
+            _UUID_NAMESPACE + f"{model_run_id}\x1f{index}\x1f".encode() + content, usedforsecurity=False
+        ).digest()[:16]
+    )
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _finish(
@@ -74,7 +83,8 @@ def _finish(
     data = b'{"uuid":"' + line_uuid.encode() + b'",' + content[1:]
     data_row = body["dataRow"]
     row = data_row.get("globalKey") or data_row["id"]
-    return NdjsonLine(line_uuid, row, feature, {"uuid": line_uuid, **body}, data, kind)
+    body["uuid"] = line_uuid  # the body is ours: add the key in place rather than copy the dict
+    return NdjsonLine(line_uuid, row, feature, body, data, kind)
 
 
 # --- nested parts -------------------------------------------------------------------------------

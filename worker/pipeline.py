@@ -49,14 +49,12 @@ from worker.settings import Settings
 log = logging.getLogger("worker.pipeline")
 #: Exit statuses of ``python -m worker run``.
 EXIT_OK, EXIT_INTERNAL, EXIT_SETTINGS, EXIT_AUTH = 0, 1, 2, 3
+#: Bytes counted per fetched record besides key and value: Python objects and bookkeeping.
 _RECORD_OVERHEAD_BYTES = 200
 #: Labelbox failing transiently for longer than this makes the worker not ready.
 _LABELBOX_GRACE_S = 30.0
 #: How often, and how patiently, the broker is checked for readiness.
-_BROKER_CHECK_EVERY_S, _BROKER_CHECK_TIMEOUT_S = (
-    5.0,
-    5.0,
-)  # per fetched record, besides key and value: Python objects, bookkeeping
+_BROKER_CHECK_EVERY_S = _BROKER_CHECK_TIMEOUT_S = 5.0
 
 
 @dataclass(slots=True, eq=False)
@@ -241,6 +239,7 @@ class Pipeline:
             if ok != self._broker_ok:
                 log.warning("broker_reachable" if ok else "broker_unreachable")
                 self._broker_ok = ok
+            self.health()  # keeps the lbworker_ready gauge current without a probe
             await asyncio.sleep(_BROKER_CHECK_EVERY_S)
 
     # --- 1. fetch ------------------------------------------------------------------------------
@@ -526,6 +525,8 @@ class Pipeline:
         await self.commit(only=revoked)
         for tp in revoked:
             self._trackers.pop(tp, None)
+            with contextlib.suppress(KeyError):  # another member owns its lag now
+                self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         for envelope in self._batcher.drop(lambda e: e.tp in revoked):
             self._release(envelope)
         self.joined = False

@@ -16,7 +16,12 @@ Rules (shared/LABELBOX.md section 1):
   non-negative ints (or {threshold: [4 ints]}) with CONFUSION_MATRIX; reserved scalar metric names refused;
 - `confidence`, wherever present, is a number in [0, 1].
 
-A model run's ontology is passed through to `ontology_errors`, which does not check anything yet.
+Then, only for a line without any of the errors above, the model run's ontology (`worker.ontology`): the
+feature exists, fits the line's kind, every answer is an option of its question and every nested
+classification belongs to its parent. A mismatch is one error `{"name": "OntologyMismatch", "message",
+"additionalInfo": {"path": <dotted path>, "code": <worker.ontology code>}}`. No ontology, or an empty one
+(`{"tools": [], "classifications": []}`, what a model run has until one is loaded), means not checked. A
+malformed ontology fails every line that would be checked, with `InvalidOntology`.
 """
 
 from __future__ import annotations
@@ -32,8 +37,12 @@ from typing import Any
 
 import orjson
 
+from worker.ontology import Ontology
+
 Error = dict[str, Any]
 Errors = list[Error]
+#: A model run's ontology as `normalized` JSON, or already indexed.
+OntologyArg = Mapping[str, Any] | Ontology | None
 
 PAYLOAD_KEYS = ("bbox", "point", "line", "polygon", "mask", "answer", "metricValue")
 SCALAR_AGGREGATIONS = frozenset({"ARITHMETIC_MEAN", "GEOMETRIC_MEAN", "HARMONIC_MEAN", "SUM"})
@@ -54,6 +63,16 @@ MAX_NESTING_DEPTH = 32
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _METRIC_UUID_NAMESPACE = uuid.UUID("6f1c8a52-0c55-4e0e-9d1c-5a1b7e3c2d10")
+ONTOLOGY_MISMATCH = "OntologyMismatch"
+INVALID_ONTOLOGY = "InvalidOntology"
+
+
+@dataclass(frozen=True)
+class _InvalidOntology:
+    reason: str
+
+
+_Checker = Ontology | _InvalidOntology | None
 
 
 @dataclass(frozen=True)
@@ -80,19 +99,27 @@ def error(name: str, message: str, path: str | None = None) -> Error:
     return {"name": name, "message": message, "additionalInfo": {"path": path} if path else None}
 
 
-def validate_import(payload: bytes, ontology: Mapping[str, Any] | None = None) -> list[RowResult]:
-    """Validate every non-blank line of an NDJSON upload, including uuid uniqueness across lines."""
+def validate_import(payload: bytes, ontology: OntologyArg = None) -> list[RowResult]:
+    """Validate every non-blank line of an NDJSON upload, including uuid uniqueness across lines.
+
+    The ontology is indexed once per import, so checking a line against it costs the size of the line.
+    """
     results: list[RowResult] = []
     seen: set[str] = set()
+    checker = _checker(ontology)
     for number, raw in enumerate(payload.split(b"\n"), start=1):
         if raw.strip():
-            result = _validate_raw(raw, number, ontology)
+            result = _validate_raw(raw, number, checker)
             results.append(_mark_duplicate(result, seen))
     return results
 
 
-def validate_line(line: Any, ontology: Mapping[str, Any] | None = None) -> Errors:
+def validate_line(line: Any, ontology: OntologyArg = None) -> Errors:
     """Errors of one parsed line, uuid uniqueness aside (that needs the whole import)."""
+    return _line_errors(line, _checker(ontology))
+
+
+def _line_errors(line: Any, checker: _Checker) -> Errors:
     if not isinstance(line, dict):
         return [error("InvalidLine", f"Each line must be a JSON object, got {type(line).__name__}")]
     kinds = [key for key in PAYLOAD_KEYS if key in line]
@@ -102,13 +129,41 @@ def validate_line(line: Any, ontology: Mapping[str, Any] | None = None) -> Error
         message = f"A line must have exactly one of {', '.join(PAYLOAD_KEYS)}; found {found}"
         return [*errors, error("InvalidAnnotationKind", message)]
     if kinds[0] == "metricValue":
-        return [*errors, *_metric_errors(line)]
-    return [*errors, *_annotation_errors(line, kinds[0]), *ontology_errors(line, ontology)]
+        errors += _metric_errors(line)
+    else:
+        errors += _annotation_errors(line, kinds[0])
+    return errors or _checked_errors(line, checker)
 
 
-def ontology_errors(line: Mapping[str, Any], ontology: Mapping[str, Any] | None) -> Errors:
-    """Checks of a line against the model run's ontology (`normalized` JSON). Not implemented yet."""
-    return []
+def ontology_errors(line: Mapping[str, Any], ontology: OntologyArg) -> Errors:
+    """The error (none or one) of a line against the model run's ontology (`normalized` JSON or indexed).
+
+    Assumes the line is otherwise valid. No ontology, or an empty one, checks nothing.
+    """
+    return _checked_errors(line, _checker(ontology))
+
+
+def _checker(ontology: OntologyArg) -> _Checker:
+    if ontology is None or isinstance(ontology, Ontology):
+        return None if ontology is None or ontology.is_empty else ontology
+    if not ontology.get("tools") and not ontology.get("classifications"):
+        return None  # what a model run answers before an ontology is loaded: nothing to check against
+    try:
+        return Ontology.from_normalized(ontology)
+    except ValueError as e:
+        return _InvalidOntology(str(e))
+
+
+def _checked_errors(line: Mapping[str, Any], checker: _Checker) -> Errors:
+    if checker is None:
+        return []
+    if isinstance(checker, _InvalidOntology):
+        return [error(INVALID_ONTOLOGY, f"The model run's ontology is malformed: {checker.reason}")]
+    mismatch = checker.check(line)
+    if mismatch is None:
+        return []
+    info = {"path": mismatch.path, "code": mismatch.code}
+    return [{"name": ONTOLOGY_MISMATCH, "message": mismatch.message, "additionalInfo": info}]
 
 
 def derived_uuid(line: Mapping[str, Any]) -> str:
@@ -117,7 +172,7 @@ def derived_uuid(line: Mapping[str, Any]) -> str:
     return str(uuid.uuid5(_METRIC_UUID_NAMESPACE, canonical))
 
 
-def _validate_raw(raw: bytes, number: int, ontology: Mapping[str, Any] | None) -> RowResult:
+def _validate_raw(raw: bytes, number: int, checker: _Checker) -> RowResult:
     try:
         line = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
@@ -127,7 +182,7 @@ def _validate_raw(raw: bytes, number: int, ontology: Mapping[str, Any] | None) -
             "additionalInfo": {"line": number},
         }
         return RowResult(number, None, None, None, (invalid,))
-    errors = tuple(validate_line(line, ontology))
+    errors = tuple(_line_errors(line, checker))
     if not isinstance(line, dict):
         return RowResult(number, None, None, None, errors)
     row_uuid = _row_uuid(line)

@@ -1,0 +1,175 @@
+"""The sandbox checks uploads against the model run's ontology, once one is loaded (worker.ontology).
+
+The lines are the worker's own (``worker.convert`` of ``tests.factories`` messages); the ontology is
+tests/data/ontology_every_type.json, which every ``factories.every_type`` prediction fits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from pydantic import SecretStr
+
+from schemas import PredictionMessage
+from tests import factories
+from tests.conftest import API_KEY
+from worker.convert import convert, encode
+from worker.labelbox import ImportState, LabelboxClient
+from worker.ontology import Ontology
+from worker.sandbox import Sandbox, SandboxState, validate_import, validate_line
+from worker.sandbox.validate import ontology_errors
+
+Json = dict[str, Any]
+MR = "clmodelrun000000000000001"
+NORMALIZED: Json = json.loads((Path(__file__).parent / "data" / "ontology_every_type.json").read_text())
+EMPTY: Json = {"tools": [], "classifications": []}
+UNKNOWN_ANSWER = factories.radio(answer={"name": "zz"})
+MISPLACED = factories.bbox(
+    classifications=[
+        {
+            "type": "radio",
+            "name": "sub",
+            "answer": {
+                "name": "s1",
+                "classifications": [
+                    {"type": "checklist", "name": "box_flags", "answers": [{"name": "occluded"}]}
+                ],
+            },
+        }
+    ]
+)
+
+
+def payload(*predictions: Json) -> bytes:
+    message = PredictionMessage.model_validate(factories.message(*predictions, model_run_id=MR))
+    return encode(convert(message))
+
+
+def names(errors: Any) -> list[str]:
+    return [e["name"] for e in errors]
+
+
+# --- the pure validator ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ontology", [NORMALIZED, Ontology.from_normalized(NORMALIZED)], ids=["json", "indexed"]
+)
+def test_fitting_lines_pass(ontology: Any) -> None:
+    results = validate_import(payload(*factories.every_type()), ontology)
+    assert len(results) == len(factories.every_type())
+    assert [r.errors for r in results] == [()] * len(results)
+
+
+def test_lines_that_do_not_fit_fail_with_a_labelbox_style_error() -> None:
+    bad_metric = {"type": "scalar_metric", "value": 0.5, "feature_name": "car"}
+    results = validate_import(payload(factories.bbox(), UNKNOWN_ANSWER, MISPLACED, bad_metric), NORMALIZED)
+    assert [r.ok for r in results] == [True, False, False, False]
+    assert [list(r.errors) for r in results[1:]] == [
+        [
+            {
+                "name": "OntologyMismatch",
+                "message": "answer 'zz' is not an option of radio 'q' (options: 'a', 'b')",
+                "additionalInfo": {"path": "answer.name", "code": "unknown_answer"},
+            }
+        ],
+        [
+            {
+                "name": "OntologyMismatch",
+                "message": "classification 'box_flags' does not belong under box > sub > s1; the ontology "
+                "has it under box (classifications under box > sub > s1: 'sub_detail', 'sub_grade')",
+                "additionalInfo": {
+                    "path": "classifications.0.answer.classifications.0.name",
+                    "code": "misplaced_classification",
+                },
+            }
+        ],
+        [
+            {
+                "name": "OntologyMismatch",
+                "message": "metric featureName 'car' is neither a tool nor a top-level classification of the "
+                "ontology (tools: 'box', 'pg', 'pt', 'ln', 'mk'; classifications: 'q', 'cl', 'tx')",
+                "additionalInfo": {"path": "featureName", "code": "unknown_feature"},
+            }
+        ],
+    ]
+
+
+@pytest.mark.parametrize(
+    "ontology", [None, EMPTY, {}, Ontology.from_normalized(EMPTY)], ids=["none", "empty", "{}", "indexed"]
+)
+def test_no_ontology_or_an_empty_one_checks_nothing(ontology: Any) -> None:
+    results = validate_import(payload(factories.bbox(name="anything"), UNKNOWN_ANSWER, MISPLACED), ontology)
+    assert [r.ok for r in results] == [True, True, True]
+
+
+def test_shape_errors_come_first_and_alone() -> None:
+    line = orjson.loads(payload(factories.bbox(name="car")))
+    line["confidence"] = 2
+    assert names(validate_line(line, NORMALIZED)) == ["InvalidConfidence"]
+    del line["confidence"]
+    assert names(validate_line(line, NORMALIZED)) == ["OntologyMismatch"]
+
+
+def test_a_malformed_ontology_fails_every_checked_line() -> None:
+    broken = {"tools": [{"tool": "rectangle", "name": "box"}], "classifications": []}
+    results = validate_import(payload(factories.bbox(), factories.bbox(confidence=0.5)), broken)
+    assert [names(r.errors) for r in results] == [["InvalidOntology"], ["InvalidOntology"]]
+    assert "ontology.tools.0: 'featureSchemaId' must be a non-empty string" in results[0].errors[0]["message"]
+
+
+def test_ontology_errors_hook() -> None:
+    (line,) = [orjson.loads(raw) for raw in payload(UNKNOWN_ANSWER).splitlines()]
+    assert names(ontology_errors(line, NORMALIZED)) == ["OntologyMismatch"]
+    assert ontology_errors(line, EMPTY) == []
+    assert ontology_errors(line, None) == []
+
+
+# --- the state: statuses and what is stored --------------------------------------------------------
+
+
+def test_state_fails_rows_that_do_not_fit_and_stores_the_rest() -> None:
+    state = SandboxState(processing_delay_s=0.0)
+    state.load_ontology(MR, NORMALIZED)
+    record = state.create_import(MR, "first", payload(factories.bbox(), UNKNOWN_ANSWER))
+    assert [s["status"] for s in record.statuses] == ["SUCCESS", "FAILURE"]
+    assert names(record.errors()[0]["errors"]) == ["OntologyMismatch"]
+    assert [line["name"] for line in state.predictions(MR)] == ["box"]
+    other = state.create_import("clmodelrun000000000000002", "first", payload(UNKNOWN_ANSWER))
+    assert [s["status"] for s in other.statuses] == ["SUCCESS"]  # a model run without an ontology
+
+
+# --- over HTTP, with the worker's own client ------------------------------------------------------
+
+
+async def wait_done(client: LabelboxClient, name: str) -> ImportState:
+    for _ in range(200):
+        state = await client.get_import(MR, name)
+        if state is not None and state.done:
+            return state
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"import {name} is not done")
+
+
+async def test_loaded_ontology_over_http(sandbox: Sandbox) -> None:
+    async with aiohttp.ClientSession() as session:
+        url = f"{sandbox.base_url}/_sandbox/model-runs/{MR}/ontology"
+        async with session.put(url, json=NORMALIZED) as response:
+            assert response.status == 200, await response.text()
+    async with LabelboxClient(sandbox.graphql_url, SecretStr(API_KEY), retry_max_s=5.0) as client:
+        await client.create_import(MR, "checked", payload(*factories.every_type(), UNKNOWN_ANSWER, MISPLACED))
+        done = await wait_done(client, "checked")
+        assert done.state == "FINISHED"
+        assert done.status_file_url is not None
+        statuses = await client.fetch_statuses(done.status_file_url)
+    assert [s.status for s in statuses] == ["SUCCESS"] * len(factories.every_type()) + ["FAILURE"] * 2
+    assert [s.errors[0]["additionalInfo"]["code"] for s in statuses[-2:]] == [
+        "unknown_answer",
+        "misplaced_classification",
+    ]

@@ -41,6 +41,24 @@ GET_IMPORT = f"""query getMEAPredictionImport($modelRunId: ID!, $name: String!) 
   modelErrorAnalysisPredictionImport(where: {{modelRunId: $modelRunId, name: $name}}) {{ {_IMPORT_FIELDS} }}
 }}"""
 CHECK_AUTH = "query getUser { user { id } }"
+MODEL_RUN = "query getModelRun($id: ID!) { modelRun(where: {id: $id}) { id modelId } }"
+MODEL = "query getModel($id: ID!) { model(where: {id: $id}) { id ontologyId } }"
+ONTOLOGY = "query getOntology($id: ID!) { ontology(where: {id: $id}) { id name normalized } }"
+REGISTER_DATA_ROWS = """mutation registerDataRows($modelRunId: ID!, $dataRowIds: [ID!], $globalKeys: [ID!]) {
+  createMEAModelRunDataRowRegistrationTask(
+    where: {id: $modelRunId}, data: {dataRowIds: $dataRowIds, globalKeys: $globalKeys})
+}"""
+REGISTER_PROJECT_LABELS = """mutation registerProjectLabels($modelRunId: ID!, $projectId: ID!) {
+  createMEAModelRunProjectLabelRegistrationTask(where: {modelRunId: $modelRunId, projectId: $projectId})
+}"""
+REGISTER_LABELS = """mutation registerLabels($modelRunId: ID!, $labelIds: [ID!]!) {
+  createMEAModelRunLabelRegistrationTask(where: {id: $modelRunId}, data: {labelIds: $labelIds})
+}"""
+_TASK_FIELD = {"data_rows": "MEADataRowRegistrationTaskStatus", "labels": "MEALabelRegistrationTaskStatus"}
+TASK_STATUS = {
+    kind: f"query taskStatus($id: ID!) {{ {field}(where: {{id: $id}}) {{ status errorMessage }} }}"
+    for kind, field in _TASK_FIELD.items()
+}
 _BACKOFF_BASE_S, _BACKOFF_CAP_S = 0.5, 30.0
 _TRANSIENT_CODES = frozenset({"INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE", "TOO_MANY_REQUESTS"})
 _AUTH_CODES = frozenset({"AUTHENTICATION_ERROR", "AUTHORIZATION_ERROR", "UNAUTHENTICATED", "FORBIDDEN"})
@@ -343,6 +361,65 @@ class LabelboxClient:
 
         return await self._retrying("poll_import", call)
 
+    async def fetch_ontology(self, model_run_id: str) -> dict[str, Any]:
+        """The model run's ontology, Labelbox's ``normalized`` JSON (model run -> model -> ontology).
+
+        Raises :class:`RequestRejected` (code RESOURCE_NOT_FOUND) for an unknown model run.
+        """
+
+        async def call() -> dict[str, Any]:
+            run = (await self._query(MODEL_RUN, {"id": model_run_id})).get("modelRun") or {}
+            model = (await self._query(MODEL, {"id": run.get("modelId")})).get("model") or {}
+            ontology = (await self._query(ONTOLOGY, {"id": model.get("ontologyId")})).get("ontology") or {}
+            normalized = ontology.get("normalized")
+            if isinstance(normalized, str):
+                normalized = orjson.loads(normalized)
+            if not isinstance(normalized, dict):
+                raise RequestRejected(
+                    f"model run {model_run_id} has no readable ontology", "RESOURCE_NOT_FOUND"
+                )
+            return normalized
+
+        return await self._retrying("ontology", call)
+
+    async def register_data_rows(
+        self, model_run_id: str, data_row_ids: list[str], global_keys: list[str]
+    ) -> str:
+        """Start adding data rows to the model run; returns the task id."""
+        variables = {"modelRunId": model_run_id, "dataRowIds": data_row_ids, "globalKeys": global_keys}
+        return await self._task("register_data_rows", REGISTER_DATA_ROWS, variables)
+
+    async def register_labels(
+        self, model_run_id: str, *, project_id: str | None = None, label_ids: list[str] | None = None
+    ) -> str:
+        """Start registering ground truth (a project's labels, or labels by id); returns the task id."""
+        variables: dict[str, Any]
+        if project_id is not None:
+            query, variables = REGISTER_PROJECT_LABELS, {"modelRunId": model_run_id, "projectId": project_id}
+        else:
+            query, variables = REGISTER_LABELS, {"modelRunId": model_run_id, "labelIds": label_ids or []}
+        return await self._task("register_labels", query, variables)
+
+    async def _task(self, operation: str, query: str, variables: dict[str, Any]) -> str:
+        async def call() -> str:
+            data = await self._query(query, variables)
+            task_id = next(iter(data.values()), None)
+            if not isinstance(task_id, str):
+                raise RequestRejected(f"{operation}: Labelbox returned no task id")
+            return task_id
+
+        return await self._retrying(operation, call)
+
+    async def task_status(self, kind: str, task_id: str) -> TaskStatus:
+        """Status of a ``data_rows`` or ``labels`` registration task."""
+
+        async def call() -> TaskStatus:
+            data = await self._query(TASK_STATUS[kind], {"id": task_id})
+            found = next(iter(data.values()), None) or {}
+            return TaskStatus(str(found.get("status")), found.get("errorMessage"))
+
+        return await self._retrying("task_status", call)
+
     async def fetch_statuses(self, url: str) -> list[RowStatus]:
         """Read a status file (signed URL: no auth header). A 404 is retried as transient."""
 
@@ -359,6 +436,18 @@ class LabelboxClient:
             return _parse_statuses(body)
 
         return await self._retrying("status_file", call)
+
+
+@dataclass(frozen=True, slots=True)
+class TaskStatus:
+    """A model-run registration task: RUNNING, COMPLETE or FAILED."""
+
+    status: str
+    error_message: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status in ("COMPLETE", "FAILED")
 
 
 def _parse_statuses(body: bytes) -> list[RowStatus]:

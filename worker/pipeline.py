@@ -29,6 +29,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
+from schemas import NdjsonMessage
 from worker.batcher import Batch, Batcher, BatchLimits
 from worker.convert import NdjsonLine, convert
 from worker.decode import Rejection, decode
@@ -44,6 +45,7 @@ from worker.labelbox import (
 from worker.logs import ctx
 from worker.metrics import Metrics
 from worker.offsets import PartitionOffsets
+from worker.preparation import DataRowRegistry, OntologyCache, RegistrationFailed
 from worker.settings import Settings
 
 log = logging.getLogger("worker.pipeline")
@@ -55,6 +57,10 @@ _RECORD_OVERHEAD_BYTES = 200
 _LABELBOX_GRACE_S = 30.0
 #: How often, and how patiently, the broker is checked for readiness.
 _BROKER_CHECK_EVERY_S = _BROKER_CHECK_TIMEOUT_S = 5.0
+
+
+class _Hold(Exception):
+    """A message is left unsettled (shutdown, fatal error): it will be redelivered."""
 
 
 @dataclass(slots=True, eq=False)
@@ -70,6 +76,7 @@ class Envelope:
     lines: list[NdjsonLine] = field(default_factory=list)
     model_run_id: str | None = None
     message_id: str | None = None
+    payload_format: str = "predictions"  # or "ndjson": where a line index points in the message
     replays: int = 0
     released: bool = False
 
@@ -84,6 +91,7 @@ def process_chunk(envelopes: list[Envelope], max_bytes: int) -> list[tuple[Envel
             results.append((envelope, outcome))
             continue
         envelope.model_run_id, envelope.message_id = outcome.model_run_id, outcome.message_id
+        envelope.payload_format = "ndjson" if isinstance(outcome, NdjsonMessage) else "predictions"
         try:
             envelope.lines = convert(outcome)
         except Exception as exc:  # one message must never stop the worker; it goes to the DLQ
@@ -131,6 +139,8 @@ class Pipeline:
         consumer: AIOKafkaConsumer,
         dead_letters: DeadLetterWriter,
         labelbox: LabelboxClient,
+        ontologies: OntologyCache | None = None,
+        data_rows: DataRowRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
@@ -138,6 +148,8 @@ class Pipeline:
         self._consumer = consumer
         self._dlq = dead_letters
         self._lb = labelbox
+        self._ontologies = ontologies
+        self._data_rows = data_rows
         self._clock = clock
         self._batcher: Batcher[Envelope] = Batcher(
             BatchLimits(settings.batch_max_rows, settings.batch_max_bytes, settings.batch_linger_s)
@@ -305,10 +317,49 @@ class Pipeline:
                 if not self._owned(envelope):
                     self._release(envelope)
                 elif rejection is not None:
-                    self._metrics.messages_rejected.labels(rejection.reason).inc()
-                    self._spawn(self._dead_letter(envelope, rejection.reason, rejection.errors))
+                    self._reject(envelope, rejection.reason, rejection.errors)
                 else:
-                    self._add_to_batch(envelope)
+                    await self._admit(envelope)
+
+    def _reject(self, envelope: Envelope, reason: str, errors: list[str]) -> None:
+        self._metrics.messages_rejected.labels(reason).inc()
+        self._spawn(self._dead_letter(envelope, reason, errors))
+
+    async def _admit(self, envelope: Envelope) -> None:
+        """Check the ontology (when on), then batch; a mismatch goes to the DLQ without upload."""
+        if self._ontologies is not None:
+            try:
+                verdict = await self._ontology_verdict(envelope)
+            except _Hold:
+                return  # stopping or fatal: left unsettled, redelivered later
+            if verdict is not None:
+                self._reject(envelope, *verdict)
+                return
+        self._add_to_batch(envelope)
+
+    async def _ontology_verdict(self, envelope: Envelope) -> tuple[str, list[str]] | None:
+        """None when every line fits the model run's ontology, else (reason, errors). Raises _Hold."""
+        assert self._ontologies is not None
+        run = envelope.model_run_id
+        assert run is not None
+        while not self.stopping:
+            try:
+                found = await self._ontologies.check(run, (line.body for line in envelope.lines))
+            except AuthenticationError as exc:
+                self._fail(exc)
+                raise _Hold from exc
+            except RequestRejected as exc:
+                return "model_run_unavailable", [f"model_run_id: {exc}"]
+            except TransientError as exc:
+                log.warning("ontology_fetch_retry", extra=ctx(model_run_id=run, error=str(exc)))
+                await asyncio.sleep(random.uniform(1.0, 5.0))
+                continue
+            if found is None:
+                return None
+            index, mismatch = found
+            where = f"{envelope.payload_format}.{index}.{mismatch.path}"
+            return "ontology_mismatch", [f"{where}: {mismatch.code}: {mismatch.message}"]
+        raise _Hold
 
     def _owned(self, envelope: Envelope) -> bool:
         return self._trackers.get(envelope.tp) is envelope.tracker
@@ -368,6 +419,7 @@ class Pipeline:
         )
         while True:
             try:
+                await self._ensure_data_rows(batch)
                 state = await self._lb.create_import(run, name, payload)
                 state = await self._follow(state)
                 self._labelbox_ok = True
@@ -378,12 +430,23 @@ class Pipeline:
             except RequestRejected as exc:
                 await self._dead_letter_all(batch, "import_rejected", [str(exc)], name)
                 return "rejected"
+            except RegistrationFailed as exc:
+                await self._dead_letter_all(batch, "data_row_registration_failed", [str(exc)], None)
+                return "registration_failed"
             except TransientError as exc:
                 self._labelbox_ok = False
                 log.warning(
                     "import_retry_round", extra=ctx(model_run_id=run, import_name=name, error=str(exc))
                 )
                 await asyncio.sleep(random.uniform(1.0, 5.0))
+
+    async def _ensure_data_rows(self, batch: Batch[Envelope]) -> None:
+        if self._data_rows is None:
+            return
+        rows = [line.body["dataRow"] for envelope in batch.items for line in envelope.lines]
+        added = await self._data_rows.ensure(batch.model_run_id, rows)
+        if added:
+            log.info("data_rows_registered", extra=ctx(model_run_id=batch.model_run_id, data_rows=added))
 
     async def _follow(self, state: ImportState) -> ImportState:
         deadline = self._clock() + self._settings.labelbox_import_timeout_s
@@ -445,7 +508,7 @@ class Pipeline:
     # --- dead letters --------------------------------------------------------------------------
 
     async def _dead_letter_all(
-        self, batch: Batch[Envelope], reason: str, errors: list[str], name: str
+        self, batch: Batch[Envelope], reason: str, errors: list[str], name: str | None
     ) -> None:
         await asyncio.gather(*(self._dead_letter(e, reason, errors, name) for e in batch.items))
 

@@ -12,6 +12,7 @@ from worker.labelbox import AuthenticationError, LabelboxClient
 from worker.logs import configure, ctx
 from worker.metrics import Metrics
 from worker.pipeline import EXIT_AUTH, EXIT_SETTINGS, Pipeline
+from worker.preparation import DataRowRegistry, OntologyCache
 from worker.server import OpsServer
 from worker.settings import Settings, SettingsError
 from worker.source import make_consumer, make_producer
@@ -61,12 +62,31 @@ class Service:
     async def _run_pipeline(self) -> int:
         producer = make_producer(self.settings)
         consumer = make_consumer(self.settings)
+        settings = self.settings
+        ontologies = (
+            OntologyCache(
+                self.labelbox, ttl_s=settings.ontology_ttl_s, min_refetch_s=settings.ontology_min_refetch_s
+            )
+            if settings.ontology_check == "strict"
+            else None
+        )
+        data_rows = (
+            DataRowRegistry(
+                self.labelbox,
+                poll_interval_s=settings.labelbox_poll_interval_s,
+                timeout_s=settings.labelbox_task_timeout_s,
+            )
+            if settings.ensure_data_rows
+            else None
+        )
         self.pipeline = pipeline = Pipeline(
-            self.settings,
+            settings,
             self.metrics,
             consumer=consumer,
-            dead_letters=DeadLetterWriter(producer, self.settings.kafka_dlq_topic),
+            dead_letters=DeadLetterWriter(producer, settings.kafka_dlq_topic),
             labelbox=self.labelbox,
+            ontologies=ontologies,
+            data_rows=data_rows,
         )
         if self._stop_requested:
             pipeline.request_stop()

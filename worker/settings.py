@@ -16,7 +16,10 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: Variable prefixes that belong to this worker (an unknown one is an error).
-OWN_PREFIXES = ("KAFKA_", "LABELBOX_", "BATCH_", "UPLOAD_", "BUFFER_", "SHUTDOWN_", "METRICS_", "MESSAGE_")
+OWN_PREFIXES = (
+    *("KAFKA_", "LABELBOX_", "BATCH_", "UPLOAD_", "BUFFER_", "SHUTDOWN_", "METRICS_", "MESSAGE_"),
+    *("ONTOLOGY_", "ENSURE_"),
+)
 #: Variables Kubernetes injects for Services ("service links"), e.g. KAFKA_PORT_9092_TCP: not ours.
 _SERVICE_LINK_MARKERS = ("_SERVICE_HOST", "_SERVICE_PORT", "_PORT")
 
@@ -25,10 +28,25 @@ class SettingsError(Exception):
     """The configuration is invalid; the message names every offending variable."""
 
 
-class KafkaSettings(BaseSettings):
-    """The Kafka part of the settings (all that ``replay-dlq`` needs)."""
-
+class _FromEnv(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
+        """Read and validate; raises :class:`SettingsError` naming each bad or unknown variable."""
+        env = dict(os.environ if environ is None else environ)
+        unknown = sorted(_unknown_variables(env, set(Settings.model_fields)))
+        if unknown:
+            raise SettingsError(f"unknown setting(s): {', '.join(unknown)} (misspelled?)")
+        values = {name: env[name.upper()] for name in cls.model_fields if name.upper() in env}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc)) from None
+
+
+class KafkaSettings(_FromEnv):
+    """The Kafka part of the settings (all that ``replay-dlq`` needs)."""
 
     kafka_bootstrap_servers: str = Field(min_length=1, description="host:port[,host:port…] of the brokers")
     kafka_topic: str = Field("predictions", min_length=1)
@@ -58,22 +76,9 @@ class KafkaSettings(BaseSettings):
             raise ValueError("KAFKA_DLQ_TOPIC must differ from KAFKA_TOPIC")
         return self
 
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> Self:
-        """Read and validate; raises :class:`SettingsError` naming each bad or unknown variable."""
-        env = dict(os.environ if environ is None else environ)
-        unknown = sorted(_unknown_variables(env, set(Settings.model_fields)))
-        if unknown:
-            raise SettingsError(f"unknown setting(s): {', '.join(unknown)} (misspelled?)")
-        values = {name: env[name.upper()] for name in cls.model_fields if name.upper() in env}
-        try:
-            return cls.model_validate(values)
-        except ValidationError as exc:
-            raise SettingsError(_describe(exc)) from None
 
-
-class Settings(KafkaSettings):
-    """Every setting, with its unit in its name. Defaults suit a small production deployment."""
+class LabelboxSettings(_FromEnv):
+    """The Labelbox part of the settings (all that ``check``, ``ontology``, ``send-ground-truth`` need)."""
 
     labelbox_api_key: SecretStr = Field(min_length=1)
     labelbox_graphql_url: str = Field("https://api.labelbox.com/graphql", pattern=r"^https?://\S+$")
@@ -81,6 +86,16 @@ class Settings(KafkaSettings):
     labelbox_request_timeout_s: float = Field(60.0, gt=0, le=3600)
     labelbox_retry_max_s: float = Field(300.0, ge=0, le=86_400)
     labelbox_import_timeout_s: float = Field(3600.0, gt=0)
+    labelbox_task_timeout_s: float = Field(1800.0, gt=0)
+
+
+class Settings(KafkaSettings, LabelboxSettings):
+    """Every setting, with its unit in its name. Defaults suit a small production deployment."""
+
+    ontology_check: Literal["strict", "off"] = "strict"
+    ontology_ttl_s: float = Field(600.0, ge=0)
+    ontology_min_refetch_s: float = Field(10.0, ge=0)
+    ensure_data_rows: bool = False
 
     message_max_bytes: int = Field(16 * 1024 * 1024, ge=1024)
     batch_max_rows: int = Field(2000, ge=1, le=500_000)

@@ -1,0 +1,149 @@
+"""Model-run preparation: the ontology check before upload, and data rows registered in the model run.
+
+Two small stateful helpers over the Labelbox client, used by the pipeline:
+
+- :class:`OntologyCache` fetches a model run's ontology on first sight, keeps it for ``ttl_s``, and
+  refetches on a miss (a line that does not fit), at most once per ``min_refetch_s``, so a feature
+  added to the ontology is picked up without hammering Labelbox for a producer that keeps sending
+  an unknown name. An ontology with no features at all is not checked (the check is only as good as
+  the ontology; a model run always has one on Labelbox).
+- :class:`DataRowRegistry` registers the data rows of a batch that are not yet known to be in the
+  model run, waits for the task, and remembers them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from worker.labelbox import LabelboxClient, TransientError
+from worker.ontology import Mismatch, Ontology
+
+Clock = Callable[[], float]
+
+
+@dataclass(slots=True)
+class _Entry:
+    ontology: Ontology
+    fetched_at: float
+
+
+class OntologyCache:
+    """Ontologies by model run id."""
+
+    def __init__(
+        self,
+        client: LabelboxClient,
+        *,
+        ttl_s: float,
+        min_refetch_s: float = 10.0,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._ttl_s = ttl_s
+        self._min_refetch_s = min_refetch_s
+        self._clock = clock
+        self._entries: dict[str, _Entry] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def check(
+        self, model_run_id: str, bodies: Iterable[dict[str, object]]
+    ) -> tuple[int, Mismatch] | None:
+        """(index, mismatch) of the first line of ``bodies`` that does not fit the ontology, or None.
+
+        Raises the client's errors (``RequestRejected`` for an unknown model run, ``TransientError``
+        when Labelbox cannot be reached within the retry budget).
+        """
+        lines = list(bodies)
+        entry = await self._entry(model_run_id, refresh=False)
+        mismatch = _first_mismatch(entry.ontology, lines)
+        if mismatch is not None and self._clock() - entry.fetched_at >= self._min_refetch_s:
+            entry = await self._entry(model_run_id, refresh=True)
+            mismatch = _first_mismatch(entry.ontology, lines)
+        return mismatch
+
+    async def ontology(self, model_run_id: str) -> Ontology:
+        """The cached (or freshly fetched) ontology of a model run."""
+        return (await self._entry(model_run_id, refresh=False)).ontology
+
+    async def _entry(self, model_run_id: str, *, refresh: bool) -> _Entry:
+        lock = self._locks.setdefault(model_run_id, asyncio.Lock())
+        async with lock:  # one fetch per model run at a time
+            entry = self._entries.get(model_run_id)
+            now = self._clock()
+            stale = entry is None or now - entry.fetched_at >= self._ttl_s
+            if refresh and entry is not None:
+                stale = now - entry.fetched_at >= self._min_refetch_s
+            if stale:
+                normalized = await self._client.fetch_ontology(model_run_id)
+                entry = self._entries[model_run_id] = _Entry(Ontology.from_normalized(normalized), now)
+            assert entry is not None
+            return entry
+
+
+def _first_mismatch(ontology: Ontology, bodies: list[dict[str, object]]) -> tuple[int, Mismatch] | None:
+    if ontology.is_empty:
+        return None
+    for index, body in enumerate(bodies):
+        mismatch = ontology.check(body)
+        if mismatch is not None:
+            return index, mismatch
+    return None
+
+
+class RegistrationFailed(Exception):
+    """Labelbox's data-row registration task ended FAILED."""
+
+
+class DataRowRegistry:
+    """Which data rows are known to be in which model run; registers the others."""
+
+    def __init__(
+        self,
+        client: LabelboxClient,
+        *,
+        poll_interval_s: float,
+        timeout_s: float,
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._poll_interval_s = poll_interval_s
+        self._timeout_s = timeout_s
+        self._clock = clock
+        self._known: dict[str, set[tuple[str, str]]] = {}
+
+    def unknown(self, model_run_id: str, data_rows: Iterable[dict[str, str]]) -> set[tuple[str, str]]:
+        """The (kind, value) pairs — kind ``globalKey`` or ``id`` — not yet known in the model run."""
+        known = self._known.get(model_run_id, set())
+        pairs = {next(iter(row.items())) for row in data_rows}
+        return pairs - known
+
+    async def ensure(self, model_run_id: str, data_rows: Iterable[dict[str, str]]) -> int:
+        """Register the data rows not yet known; returns how many were registered.
+
+        Raises :class:`RegistrationFailed` when the task fails, ``TransientError`` when it does not
+        finish within the timeout, and the client's errors.
+        """
+        missing = self.unknown(model_run_id, data_rows)
+        if not missing:
+            return 0
+        ids = sorted(value for kind, value in missing if kind == "id")
+        keys = sorted(value for kind, value in missing if kind == "globalKey")
+        task_id = await self._client.register_data_rows(model_run_id, ids, keys)
+        await self._wait(task_id)
+        self._known.setdefault(model_run_id, set()).update(missing)
+        return len(missing)
+
+    async def _wait(self, task_id: str) -> None:
+        deadline = self._clock() + self._timeout_s
+        while True:
+            status = await self._client.task_status("data_rows", task_id)
+            if status.status == "COMPLETE":
+                return
+            if status.status == "FAILED":
+                raise RegistrationFailed(status.error_message or "data-row registration task FAILED")
+            if self._clock() > deadline:
+                raise TransientError(f"data-row registration task {task_id} did not finish", "task_timeout")
+            await asyncio.sleep(self._poll_interval_s)

@@ -3,6 +3,9 @@
 - ``run``         the streaming worker (settings from the environment)
 - ``convert``     messages (JSON lines) -> Labelbox NDJSON, without Kafka
 - ``replay-dlq``  re-publish dead-lettered records to the main topic
+- ``check``       validate messages against a model run's ontology, without uploading
+- ``ontology``    print a model run's ontology features (names to use in messages)
+- ``send-ground-truth``  register ground-truth labels with a model run
 - ``demo``        everything locally with a demo producer (``make run``)
 """
 
@@ -10,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 
 
 def _convert(argv: list[str]) -> int:
@@ -45,7 +49,22 @@ def _demo(argv: list[str]) -> int:
     return demo.main()
 
 
-COMMANDS = {"run": _run, "convert": _convert, "replay-dlq": _replay, "demo": _demo}
+def _model_run_command(command: str) -> Callable[[list[str]], int]:
+    def run(argv: list[str]) -> int:
+        from worker import cli_modelrun
+
+        return cli_modelrun.main(command, argv)
+
+    return run
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "run": _run,
+    "convert": _convert,
+    "replay-dlq": _replay,
+    "demo": _demo,
+    **{name: _model_run_command(name) for name in ("check", "ontology", "send-ground-truth")},
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import random
 import signal
@@ -22,6 +23,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import numpy as np
@@ -155,6 +157,45 @@ def demo_message(index: int, rng: random.Random) -> PredictionMessage:
     )
 
 
+def _feature_id(name: str) -> str:
+    """A stable 25-character cuid-like featureSchemaId."""
+    return "cl" + hashlib.sha1(name.encode(), usedforsecurity=False).hexdigest()[:23]
+
+
+def _question(kind: str, name: str, answers: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    options = [
+        {"value": value, "label": value, "featureSchemaId": _feature_id(f"{name}.{value}"), "options": nested}
+        for value, nested in (answers or {}).items()
+    ]
+    return {"type": kind, "name": name, "featureSchemaId": _feature_id(name), "options": options}
+
+
+def demo_ontology() -> dict[str, Any]:
+    """The demo model runs' ontology (Labelbox ``normalized`` shape): every feature the producer uses."""
+    vehicle_questions = [
+        _question("radio", "colour", {"red": [], "blue": [], "white": []}),
+        _question("checklist", "occlusion", {"partly": [_question("text", "note")], "fully": []}),
+    ]
+    tools = [
+        ("rectangle", "vehicle", vehicle_questions),
+        ("polygon", "road_sign", []),
+        ("point", "keypoint", []),
+        ("line", "lane", []),
+        ("raster-segmentation", "drivable_area", []),
+    ]
+    return {
+        "tools": [
+            {"tool": tool, "name": name, "featureSchemaId": _feature_id(name), "classifications": nested}
+            for tool, name, nested in tools
+        ],
+        "classifications": [
+            _question("radio", "weather", {"sunny": [], "rain": [], "fog": []}),
+            _question("checklist", "scene", {"urban": [], "night": [], "highway": []}),
+            _question("text", "caption"),
+        ],
+    }
+
+
 INVALID: list[bytes] = [
     b"this is not JSON",
     orjson.dumps({"model_run_id": MODEL_RUNS[0], "data_row": {"global_key": "x.jpg"}, "predictions": []}),
@@ -170,6 +211,15 @@ INVALID: list[bytes] = [
             "model_run_id": MODEL_RUNS[2],
             "data_row": {"global_key": "z.jpg"},
             "predictions": [{"type": "cuboid"}],
+        }
+    ),
+    orjson.dumps(  # valid by the contract, but "bicycle" is not in the model run's ontology
+        {
+            "model_run_id": MODEL_RUNS[3],
+            "data_row": {"global_key": "w.jpg"},
+            "predictions": [
+                {"type": "bbox", "name": "bicycle", "bbox": {"top": 1, "left": 1, "height": 9, "width": 9}}
+            ],
         }
     ),
 ]
@@ -336,6 +386,7 @@ async def _demo() -> int:
             {"SANDBOX_API_KEY": API_KEY},
         )
         await _wait_http(f"{base}/_sandbox/counts")
+        await _load_ontologies(base)
         worker = _spawn(["-m", "worker", "run"], _worker_env(broker.bootstrap, base))
         print(
             f"broker {broker.bootstrap}, Labelbox-compatible server {base}, worker pid {worker.pid}",
@@ -354,6 +405,15 @@ async def _demo() -> int:
         print(f"worker exited with status {status}")
         _stop(sandbox)
         broker.stop()
+
+
+async def _load_ontologies(base: str) -> None:
+    async with aiohttp.ClientSession() as session:
+        for run in MODEL_RUNS:
+            async with session.put(
+                f"{base}/_sandbox/model-runs/{run}/ontology", json=demo_ontology()
+            ) as answer:
+                answer.raise_for_status()
 
 
 def _worker_env(bootstrap: str, base: str) -> dict[str, str]:

@@ -6,7 +6,8 @@ Two small stateful helpers over the Labelbox client, used by the pipeline:
   refetches on a miss (a line that does not fit), at most once per ``min_refetch_s``, so a feature
   added to the ontology is picked up without hammering Labelbox for a producer that keeps sending
   an unknown name. An ontology with no features at all is not checked (the check is only as good as
-  the ontology; a model run always has one on Labelbox).
+  the ontology; a model run always has one on Labelbox), nor is one that cannot be read (logged as
+  ``ontology_unreadable``; Labelbox still validates every row on import).
 - :class:`DataRowRegistry` registers the data rows of a batch that are not yet known to be in the
   model run, waits for the task, and remembers them.
 """
@@ -14,14 +15,34 @@ Two small stateful helpers over the Labelbox client, used by the pipeline:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 
-from worker.labelbox import LabelboxClient, TransientError
+from worker.labelbox import TaskStatus, TransientError
+from worker.logs import ctx
 from worker.ontology import Mismatch, Ontology
 
 Clock = Callable[[], float]
+log = logging.getLogger("worker.preparation")
+
+
+class OntologySource(Protocol):
+    """What the cache needs of a Labelbox client."""
+
+    async def fetch_ontology(self, model_run_id: str) -> dict[str, Any]: ...
+
+
+class DataRowService(Protocol):
+    """What the registry needs of a Labelbox client."""
+
+    async def register_data_rows(
+        self, model_run_id: str, data_row_ids: list[str], global_keys: list[str]
+    ) -> str: ...
+
+    async def task_status(self, kind: str, task_id: str) -> TaskStatus: ...
 
 
 @dataclass(slots=True)
@@ -35,7 +56,7 @@ class OntologyCache:
 
     def __init__(
         self,
-        client: LabelboxClient,
+        client: OntologySource,
         *,
         ttl_s: float,
         min_refetch_s: float = 10.0,
@@ -78,9 +99,18 @@ class OntologyCache:
                 stale = now - entry.fetched_at >= self._min_refetch_s
             if stale:
                 normalized = await self._client.fetch_ontology(model_run_id)
-                entry = self._entries[model_run_id] = _Entry(Ontology.from_normalized(normalized), now)
+                entry = self._entries[model_run_id] = _Entry(_readable(model_run_id, normalized), now)
             assert entry is not None
             return entry
+
+
+def _readable(model_run_id: str, normalized: dict[str, Any]) -> Ontology:
+    """The ontology, or an empty one (nothing checked; Labelbox still validates) if it cannot be read."""
+    try:
+        return Ontology.from_normalized(normalized)
+    except ValueError as exc:
+        log.error("ontology_unreadable", extra=ctx(model_run_id=model_run_id, error=str(exc)))
+        return Ontology.from_normalized({"tools": [], "classifications": []})
 
 
 def _first_mismatch(ontology: Ontology, bodies: list[dict[str, object]]) -> tuple[int, Mismatch] | None:
@@ -102,7 +132,7 @@ class DataRowRegistry:
 
     def __init__(
         self,
-        client: LabelboxClient,
+        client: DataRowService,
         *,
         poll_interval_s: float,
         timeout_s: float,

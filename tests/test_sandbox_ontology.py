@@ -173,3 +173,14 @@ async def test_loaded_ontology_over_http(sandbox: Sandbox) -> None:
         "unknown_answer",
         "misplaced_classification",
     ]
+
+
+def test_cli_loads_an_ontology_per_model_run(tmp_path: Path) -> None:
+    from worker.sandbox.__main__ import parse_args
+
+    source = tmp_path / "ontology.json"
+    source.write_text(json.dumps({"tools": [], "classifications": []}))
+    args = parse_args(["--api-key", "k", "--ontology", f"run-1={source}"])
+    assert args.ontologies == {"run-1": {"tools": [], "classifications": []}}
+    with pytest.raises(SystemExit):
+        parse_args(["--api-key", "k", "--ontology", "run-1"])

@@ -1,16 +1,20 @@
 """`python -m worker.sandbox --port 8765 --api-key KEY`: run the sandbox until SIGTERM or SIGINT.
 
 Prints one line, `Labelbox sandbox ready: http://<host>:<port>/graphql`, once it accepts requests. The API
-key comes from `--api-key` or the `SANDBOX_API_KEY` environment variable.
+key comes from `--api-key` or the `SANDBOX_API_KEY` environment variable. `--ontology RUN=FILE` loads a
+Labelbox `normalized` ontology for a model run (rows that do not fit it come back FAILURE).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
+from pathlib import Path
+from typing import Any
 
 from worker.sandbox.server import Sandbox
 
@@ -26,10 +30,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--task-delay-s", type=float, default=None, help="default: --processing-delay-s")
     parser.add_argument("--model-run-id", action="append", dest="model_run_ids", help="repeat; default: any")
     parser.add_argument("--require-data-row-membership", action="store_true")
+    parser.add_argument(
+        "--ontology",
+        action="append",
+        default=[],
+        metavar="MODEL_RUN_ID=FILE",
+        help="load a Labelbox `normalized` ontology JSON file for a model run (repeat)",
+    )
     args = parser.parse_args(argv)
     if not args.api_key:
         parser.error("an API key is required: --api-key or SANDBOX_API_KEY")
+    try:
+        args.ontologies = dict(_ontology(item) for item in args.ontology)
+    except (ValueError, OSError) as exc:
+        parser.error(f"--ontology: {exc}")
     return args
+
+
+def _ontology(item: str) -> tuple[str, dict[str, Any]]:
+    run, sep, path = item.partition("=")
+    if not sep or not run or not path:
+        raise ValueError(f"expected MODEL_RUN_ID=FILE, got {item!r}")
+    normalized = json.loads(Path(path).read_text())
+    if not isinstance(normalized, dict):
+        raise ValueError(f"{path} does not hold a JSON object")
+    return run, normalized
 
 
 async def serve(args: argparse.Namespace) -> None:
@@ -46,6 +71,8 @@ async def serve(args: argparse.Namespace) -> None:
         require_data_row_membership=args.require_data_row_membership,
         task_delay_s=args.task_delay_s,
     )
+    for run, normalized in args.ontologies.items():
+        sandbox.state.load_ontology(run, normalized)
     async with sandbox:
         print(f"Labelbox sandbox ready: {sandbox.graphql_url}", flush=True)
         await stop.wait()

@@ -169,6 +169,8 @@ class Pipeline:
         self._stop_requested = False
         self.fatal: BaseException | None = None
         self.joined = False
+        #: When the drain must be over (same clock as ``clock``); set when shutdown begins.
+        self.stop_deadline: float | None = None
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -606,7 +608,7 @@ class Pipeline:
 
     async def _drain(self) -> None:
         """Stop intake, finish converting, flush batches, wait for imports until the deadline, commit."""
-        deadline = self._clock() + self._settings.shutdown_timeout_s
+        deadline = self.stop_deadline = self._clock() + self._settings.shutdown_timeout_s
         await _cancel(self._stages["fetch"])
         with contextlib.suppress(KafkaError, AssertionError):
             self._consumer.pause(*self._consumer.assignment())

@@ -6,6 +6,9 @@ import asyncio
 import logging
 import signal
 import sys
+import time
+
+from aiokafka import AIOKafkaConsumer
 
 from worker.dlq import DeadLetterWriter
 from worker.labelbox import AuthenticationError, LabelboxClient
@@ -24,7 +27,7 @@ class Service:
     """The worker process: Labelbox client, DLQ producer, consumer, ops server and the pipeline."""
 
     def __init__(
-        self, settings: Settings, metrics: Metrics | None = None, *, metrics_host: str = "0.0.0.0"
+        self, settings: Settings, metrics: Metrics | None = None, *, metrics_host: str | None = None
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -35,13 +38,14 @@ class Service:
             retry_max_s=settings.labelbox_retry_max_s,
             on_retry=self._count_retry,
         )
-        self._metrics_host = metrics_host
+        self._metrics_host = metrics_host if metrics_host is not None else settings.metrics_host
         self.pipeline: Pipeline | None = None
         self.ops: OpsServer | None = None
         self._stop_requested = False
 
-    def _count_retry(self, operation: str, cause: str, _sleep_s: float) -> None:
+    def _count_retry(self, operation: str, cause: str, sleep_s: float) -> None:
         self.metrics.upload_retries.labels(operation, cause).inc()
+        log.info("labelbox_retry", extra=ctx(operation=operation, cause=cause, sleep_s=round(sleep_s, 2)))
 
     def request_stop(self) -> None:
         """Graceful shutdown: drain within SHUTDOWN_TIMEOUT_S, commit, return (idempotent)."""
@@ -100,9 +104,22 @@ class Service:
             log.info("metrics_serving", extra=ctx(port=ops.port))
             return await pipeline.run()
         finally:
-            await consumer.stop()
+            await self._stop_consumer(consumer, pipeline)
             await producer.stop()
             await ops.stop()
+
+    async def _stop_consumer(self, consumer: AIOKafkaConsumer, pipeline: Pipeline) -> None:
+        """Leave the group within what is left of SHUTDOWN_TIMEOUT_S (at least 1 s).
+
+        aiokafka's close waits for an in-flight JoinGroup, which a broker may hold for the whole
+        rebalance timeout; the drain has already committed, so giving up here loses nothing.
+        """
+        deadline = pipeline.stop_deadline
+        remaining = self.settings.shutdown_timeout_s if deadline is None else deadline - time.monotonic()
+        try:
+            await asyncio.wait_for(consumer.stop(), timeout=max(1.0, remaining))
+        except TimeoutError:
+            log.warning("consumer_stop_timeout", extra=ctx(timeout_s=round(max(1.0, remaining), 1)))
 
 
 async def _serve_with_signals(settings: Settings) -> int:

@@ -105,6 +105,7 @@ class Settings(KafkaSettings, LabelboxSettings):
     buffer_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
     shutdown_timeout_s: float = Field(25.0, ge=0, le=3600)
     metrics_port: int = Field(9400, ge=0, le=65535)
+    metrics_host: str = Field("0.0.0.0", min_length=1)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "json"
 

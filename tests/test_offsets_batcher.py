@@ -95,7 +95,7 @@ class Msg:
 
 
 def _msg(rows: int = 1, size: int = 9, data_row: str = "dr", feature: str | None = "f") -> Msg:
-    return Msg([NdjsonLine(f"u{i}", data_row, feature, {}, b"x" * (size - 1)) for i in range(rows)])
+    return Msg([NdjsonLine(f"u{i}", data_row, feature, b"x" * (size - 1)) for i in range(rows)])
 
 
 LIMITS = BatchLimits(max_rows=10, max_bytes=1000, linger_s=5.0)

@@ -65,9 +65,9 @@ async def test_backpressure_pauses_fetching_while_labelbox_is_slow(
         while time.monotonic() < deadline:
             peak = max(peak, metrics.buffered_bytes._value.get())
             await asyncio.sleep(0.02)
-        largest = max(len(v) for _, v, _ in records) + 200
-        # Bounded: the buffer plus at most one fetch of records past the threshold.
-        assert peak <= settings.buffer_max_bytes + settings.kafka_max_poll_records * largest
+        # Bounded: a fetch takes only what the buffer has room for (at the average converted size),
+        # so the overshoot is a few messages (each about 6 KiB converted here), not a whole fetch.
+        assert peak <= 2 * settings.buffer_max_bytes
         assert await wait_committed(bootstrap, settings, {0: 150, 1: 150}) == {0: 150, 1: 150}
         assert metrics.paused_partitions._value.get() == 0, "resumed"
     stored = {p["uuid"] for p in sandbox.state.predictions("run-x")}

@@ -45,17 +45,31 @@ _UUID_NAMESPACE = uuid.UUID("6f0e7f4e-3b1e-5d2c-9a57-4c1f0d6b2a10").bytes
 class NdjsonLine:
     """One NDJSON line ready to upload.
 
-    ``feature`` is the name (or ``schemaId:…``) Labelbox counts its per-import limit by; ``None``
-    for metrics. ``kind`` is the prediction type (``bbox``, ``radio``, … as in the typed format).
-    ``data`` is the line's exact bytes, without a trailing newline.
+    ``data`` is the line's exact bytes, without a trailing newline; it is all the line keeps of its
+    content (the parsed ``body`` is rebuilt on demand), so a buffered message costs little more than
+    its NDJSON. ``data_row`` is the data row's global key or id (``data_row_kind`` says which: the
+    NDJSON key ``globalKey`` or ``id``). ``feature`` is the name (or ``schemaId:…``) Labelbox counts
+    its per-import limit by; ``None`` for metrics. ``kind`` is the prediction type (``bbox``,
+    ``radio``, … as in the typed format).
     """
 
     uuid: str
     data_row: str
     feature: str | None
-    body: Json
     data: bytes
     kind: str = "unknown"
+    data_row_kind: str = "globalKey"
+
+    @property
+    def body(self) -> Json:
+        """The line as a dict (parsed from ``data``)."""
+        parsed: Json = orjson.loads(self.data)
+        return parsed
+
+    @property
+    def data_row_ref(self) -> dict[str, str]:
+        """The NDJSON ``dataRow`` object."""
+        return {self.data_row_kind: self.data_row}
 
 
 def derive_uuid(model_run_id: str, index: int, content: bytes) -> str:
@@ -81,10 +95,8 @@ def _finish(
     content = orjson.dumps(body)
     line_uuid = str(given) if given is not None else derive_uuid(model_run_id, index, content)
     data = b'{"uuid":"' + line_uuid.encode() + b'",' + content[1:]
-    data_row = body["dataRow"]
-    row = data_row.get("globalKey") or data_row["id"]
-    body["uuid"] = line_uuid  # the body is ours: add the key in place rather than copy the dict
-    return NdjsonLine(line_uuid, row, feature, body, data, kind)
+    row_kind, row = next(iter(body["dataRow"].items()))
+    return NdjsonLine(line_uuid, row, feature, data, kind, row_kind)
 
 
 # --- nested parts -------------------------------------------------------------------------------

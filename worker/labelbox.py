@@ -451,17 +451,22 @@ class TaskStatus:
 
 
 def _parse_statuses(body: bytes) -> list[RowStatus]:
-    rows = []
-    for raw in body.splitlines():
-        if not raw.strip():
-            continue
-        try:
-            line = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            continue  # a garbled status line: its row is reported as missing, never as SUCCESS
-        if isinstance(line, dict) and isinstance(line.get("uuid"), str):
-            errors = line.get("errors")
-            rows.append(
-                RowStatus(line["uuid"], str(line.get("status")), errors if isinstance(errors, list) else [])
-            )
-    return rows
+    """Rows of a status file. One parse of the whole file; line by line only if it is garbled."""
+    raws = [raw for raw in body.splitlines() if raw.strip()]
+    try:
+        lines = orjson.loads(b"[" + b",".join(raws) + b"]")
+    except orjson.JSONDecodeError:
+        lines = [_loads_or_none(raw) for raw in raws]  # a garbled line: its row is reported as missing
+    return [_row(line) for line in lines if isinstance(line, dict) and isinstance(line.get("uuid"), str)]
+
+
+def _loads_or_none(raw: bytes) -> object:
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _row(line: dict[str, Any]) -> RowStatus:
+    errors = line.get("errors")
+    return RowStatus(line["uuid"], str(line.get("status")), errors if isinstance(errors, list) else [])

@@ -20,6 +20,7 @@ import hashlib
 import logging
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -53,6 +54,8 @@ log = logging.getLogger("worker.pipeline")
 EXIT_OK, EXIT_INTERNAL, EXIT_SETTINGS, EXIT_AUTH = 0, 1, 2, 3
 #: Bytes counted per fetched record besides key and value: Python objects and bookkeeping.
 _RECORD_OVERHEAD_BYTES = 200
+#: Bytes counted per converted NDJSON line besides its bytes: the line object and its strings.
+_LINE_OVERHEAD_BYTES = 250
 #: Labelbox failing transiently for longer than this makes the worker not ready.
 _LABELBOX_GRACE_S = 30.0
 #: How often, and how patiently, the broker is checked for readiness.
@@ -73,6 +76,7 @@ class Envelope:
     value: bytes | None
     size: int
     tracker: PartitionOffsets
+    raw_size: int = 0
     lines: list[NdjsonLine] = field(default_factory=list)
     model_run_id: str | None = None
     message_id: str | None = None
@@ -156,6 +160,7 @@ class Pipeline:
         )
         self._trackers: dict[TopicPartition, PartitionOffsets] = {}
         self._buffered = 0
+        self._record_bytes_estimate = 4096.0
         self._paused = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convert")
         self._background: set[asyncio.Task[Any]] = set()
@@ -260,12 +265,18 @@ class Pipeline:
 
     async def _fetch_loop(self) -> None:
         assert self._stopping is not None
-        limit = self._settings.kafka_max_poll_records
         while not self._stopping.is_set():
             self._apply_backpressure()
-            fetched = await self._consumer.getmany(timeout_ms=100, max_records=limit)
+            fetched = await self._consumer.getmany(timeout_ms=100, max_records=self._fetch_limit())
             for tp, records in fetched.items():
                 self._accept(tp, records)
+
+    def _fetch_limit(self) -> int:
+        """Records to take in one fetch: no more than the buffer has room for (at the average size a
+        record has once converted), so one fetch cannot overshoot BUFFER_MAX_BYTES by much."""
+        room = self._settings.buffer_max_bytes - self._buffered
+        fitting = int(room / self._record_bytes_estimate) if room > 0 else 1
+        return max(1, min(self._settings.kafka_max_poll_records, fitting))
 
     def _accept(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
         assert self._queue is not None
@@ -273,8 +284,10 @@ class Pipeline:
         envelopes = []
         for record in records:
             tracker.track(record.offset)
-            size = len(record.value or b"") + len(record.key or b"") + _RECORD_OVERHEAD_BYTES
-            envelope = Envelope(tp, record.offset, record.key, record.value, size, tracker)
+            raw = len(record.value or b"") + len(record.key or b"") + _RECORD_OVERHEAD_BYTES
+            # Until it is converted, a record is counted at what records have cost once converted.
+            size = max(raw, int(self._record_bytes_estimate))
+            envelope = Envelope(tp, record.offset, record.key, record.value, size, tracker, raw_size=raw)
             envelope.replays = replay_count(record.headers) if record.headers else 0
             envelopes.append(envelope)
         self._buffered += sum(e.size for e in envelopes)
@@ -315,6 +328,7 @@ class Pipeline:
         max_bytes = self._settings.message_max_bytes
         while (envelopes := await self._queue.get()) is not None:
             results = await loop.run_in_executor(self._executor, process_chunk, envelopes, max_bytes)
+            self._account_converted(envelopes)
             for envelope, rejection in results:
                 if not self._owned(envelope):
                     self._release(envelope)
@@ -322,6 +336,20 @@ class Pipeline:
                     self._reject(envelope, rejection.reason, rejection.errors)
                 else:
                     await self._admit(envelope)
+
+    def _account_converted(self, envelopes: list[Envelope]) -> None:
+        """Count the converted lines against the buffer too: they live as long as the record."""
+        added = 0
+        for envelope in envelopes:
+            actual = envelope.raw_size + sum(len(line.data) + _LINE_OVERHEAD_BYTES for line in envelope.lines)
+            if not envelope.released:
+                added += actual - envelope.size
+            envelope.size = actual
+        self._buffered += added
+        self._metrics.buffered_bytes.set(self._buffered)
+        if envelopes:  # a moving average of what a record costs once converted
+            average = sum(e.size for e in envelopes) / len(envelopes)
+            self._record_bytes_estimate = 0.8 * self._record_bytes_estimate + 0.2 * average
 
     def _reject(self, envelope: Envelope, reason: str, errors: list[str]) -> None:
         self._metrics.messages_rejected.labels(reason).inc()
@@ -367,8 +395,8 @@ class Pipeline:
         return self._trackers.get(envelope.tp) is envelope.tracker
 
     def _add_to_batch(self, envelope: Envelope) -> None:
-        for line in envelope.lines:
-            self._metrics.predictions_converted.labels(line.kind).inc()
+        for kind, count in Counter(line.kind for line in envelope.lines).items():
+            self._metrics.predictions_converted.labels(kind).inc(count)
         assert envelope.model_run_id is not None
         for batch in self._batcher.add(envelope.model_run_id, envelope, self._clock()):
             self._launch(batch, "full")
@@ -445,7 +473,7 @@ class Pipeline:
     async def _ensure_data_rows(self, batch: Batch[Envelope]) -> None:
         if self._data_rows is None:
             return
-        rows = [line.body["dataRow"] for envelope in batch.items for line in envelope.lines]
+        rows = [line.data_row_ref for envelope in batch.items for line in envelope.lines]
         added = await self._data_rows.ensure(batch.model_run_id, rows)
         if added:
             log.info("data_rows_registered", extra=ctx(model_run_id=batch.model_run_id, data_rows=added))

@@ -1,0 +1,176 @@
+"""``make bench`` (``python -m tests.bench [--quick]``): the performance targets of DESIGN.md, as ratios.
+
+Every figure is measured in this one run, next to its reference, on this machine: absolute numbers
+vary with the machine and its neighbours, ratios much less. Tables go to stdout as Markdown (paste
+them into the README); progress goes to stderr. Every process started here is stopped on exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tests.bench.conversion import run_conversion
+from tests.bench.corpus import build
+from tests.bench.end_to_end import LINGER_S, POLL_INTERVAL_S, EndToEndResult, Setup, run_end_to_end
+from tests.bench.memory import DELAY_S, MemoryCase, run_memory
+from tests.bench.report import Figure, count, mib, section
+from tests.bench.results import (
+    conversion_figures,
+    conversion_table,
+    e2e_figures,
+    e2e_passed,
+    e2e_table,
+    memory_figures,
+    memory_table,
+    summary_table,
+)
+from tests.bench.services import SandboxProcess
+from worker.embedded import EmbeddedBroker
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Sizes of one benchmark run."""
+
+    conversion_messages: int
+    conversion_rounds: int
+    e2e_messages: int
+    baseline_messages: int
+    worker_runs: int
+    backlogs: tuple[int, int]
+    buffer_bytes: int
+    window_s: float
+
+    def memory_cases(self) -> list[MemoryCase]:
+        """Idle, small and 3x backlog at the buffer, then the large backlog with twice the buffer."""
+        small, large = self.backlogs
+        cases = [(0, self.buffer_bytes), (small, self.buffer_bytes), (large, self.buffer_bytes)]
+        return [MemoryCase(b, size) for b, size in [*cases, (large, 2 * self.buffer_bytes)]]
+
+
+FULL = Plan(2000, 3, 3000, 300, 2, (20_000, 60_000), 8 * MIB, 30.0)
+QUICK = Plan(300, 2, 600, 60, 1, (2_000, 6_000), 4 * MIB, 5.0)
+
+
+def progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="small sizes, to check that the bench runs")
+    plan = QUICK if parser.parse_args(argv).quick else FULL
+    started = time.monotonic()
+    print_header()
+    figures = conversion_phase(plan)
+    log_dir = Path(tempfile.mkdtemp(prefix="lbworker-bench-"))
+    try:
+        figures += asyncio.run(service_phases(plan, log_dir))
+    except BaseException:
+        progress(f"failed; the broker, sandbox and worker logs are kept in {log_dir}")
+        raise
+    shutil.rmtree(log_dir, ignore_errors=True)
+    section("Summary")
+    print(summary_table(figures))
+    print(f"\nWall time of the whole benchmark: {time.monotonic() - started:.0f} s.")
+    return 0
+
+
+def print_header() -> None:
+    versions = ", ".join(
+        f"{name} {importlib.metadata.version(name)}"
+        for name in ("labelbox", "pydantic", "orjson", "aiokafka")
+    )
+    print("# Benchmarks (`make bench`)\n")
+    print(
+        f"{os.cpu_count()} CPUs, {platform.python_implementation()} {platform.python_version()}, {versions}."
+    )
+    print("Every figure comes from this one run; compare the ratios, not the absolute numbers.")
+
+
+def conversion_phase(plan: Plan) -> list[Figure]:
+    corpus = build(plan.conversion_messages, runs=3, masks=True)
+    masked = sum(any(p["type"] == "mask" for p in m["predictions"]) for m in corpus.dicts)
+    progress(f"conversion: {count(corpus.predictions)} predictions, {plan.conversion_rounds} rounds")
+    result = run_conversion(corpus, plan.conversion_rounds)
+    section("1. Conversion: record bytes -> NDJSON bytes, validation included (one core, one process)")
+    print(
+        f"{count(len(corpus.values))} messages, {count(corpus.predictions)} predictions, {mib(corpus.size)}; "
+        f"{masked} messages carry a 64x64 mask (PNG or RLE). Best of {plan.conversion_rounds} interleaved "
+        "rounds after a warm-up; the SDK path was checked to give the same predictions on a sample.\n"
+    )
+    print(conversion_table(result))
+    return conversion_figures(result)
+
+
+async def service_phases(plan: Plan, log_dir: Path) -> list[Figure]:
+    """Start the broker and the sandbox once; run the end-to-end and the memory phases on them."""
+    with (
+        EmbeddedBroker(log_path=str(log_dir / "broker.log")) as broker,
+        SandboxProcess(log_dir / "sandbox.log") as sandbox,
+    ):
+        setup = Setup(broker.bootstrap, sandbox, log_dir)
+        figures = await e2e_phase(plan, setup)
+        return figures + await memory_phase(plan, setup)
+
+
+async def e2e_phase(plan: Plan, setup: Setup) -> list[Figure]:
+    corpus = build(plan.e2e_messages, runs=3, masks=False, seed=11)
+    subset = corpus.head(plan.baseline_messages)
+    messages, baseline = count(len(corpus.values)), count(len(subset.values))
+    progress(f"end to end: {messages} messages, worker x{plan.worker_runs}, SDK consumer on {baseline}")
+    result = await run_end_to_end(setup, corpus, subset, plan.worker_runs)
+    section("2. End to end: local broker -> worker -> local Labelbox (a separate process), committed")
+    print(e2e_description(result, plan) + "\n")
+    print(e2e_table(result))
+    if not e2e_passed(result):
+        raise SystemExit("end to end: the sandbox does not hold every prediction, or the worker failed")
+    return e2e_figures(result)
+
+
+def e2e_description(result: EndToEndResult, plan: Plan) -> str:
+    return (
+        "3 model runs on a 3-partition topic, no masks. Poll interval "
+        f"{POLL_INTERVAL_S} s for the worker and for the SDK's wait_till_done; BATCH_LINGER_S={LINGER_S}; "
+        f"sandbox processing delay 0. Worker: best of {plan.worker_runs} runs, each on a fresh group, "
+        "timed from spawn until every partition is committed. The SDK baseline runs on the first "
+        f"{count(len(result.subset.values))} messages (own topic). Tansu holds a new group's first join "
+        "for about half the session timeout (10 s for both group consumers): hence the 'join' column "
+        "and the rates after it."
+    )
+
+
+async def memory_phase(plan: Plan, setup: Setup) -> list[Figure]:
+    progress(f"memory: backlogs {plan.backlogs}, {plan.window_s:.0f} s after join each")
+    pool = build(plan.e2e_messages, runs=3, masks=False, seed=13)
+    runs = await run_memory(setup, pool, plan.memory_cases(), plan.window_s)
+    section("3. Peak RSS while Labelbox is slow (every request delayed)")
+    print(memory_description(plan) + "\n")
+    print(memory_table(runs))
+    return memory_figures(runs)
+
+
+def memory_description(plan: Plan) -> str:
+    return (
+        f"The sandbox delays every request by {DELAY_S:.0f} s. Each worker reads its backlog from a "
+        f"fresh group; VmRSS sampled every 50 ms from spawn until {plan.window_s:.0f} s after it joined "
+        "(5 s for the idle one). "
+        "'peak buffered' is the worker's own lbworker_buffered_bytes gauge (the record bytes it "
+        "accounts for against BUFFER_MAX_BYTES)."
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

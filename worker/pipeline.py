@@ -160,7 +160,7 @@ class Pipeline:
         )
         self._trackers: dict[TopicPartition, PartitionOffsets] = {}
         self._buffered = 0
-        self._record_bytes_estimate = 4096.0
+        self._record_bytes_estimate = 16384.0  # until the first records are converted
         self._paused = False
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convert")
         self._background: set[asyncio.Task[Any]] = set()
@@ -347,9 +347,9 @@ class Pipeline:
             envelope.size = actual
         self._buffered += added
         self._metrics.buffered_bytes.set(self._buffered)
-        if envelopes:  # a moving average of what a record costs once converted
+        if envelopes:  # what a record costs once converted: rises at once, decays slowly
             average = sum(e.size for e in envelopes) / len(envelopes)
-            self._record_bytes_estimate = 0.8 * self._record_bytes_estimate + 0.2 * average
+            self._record_bytes_estimate = max(average, 0.8 * self._record_bytes_estimate + 0.2 * average)
 
     def _reject(self, envelope: Envelope, reason: str, errors: list[str]) -> None:
         self._metrics.messages_rejected.labels(reason).inc()

@@ -43,10 +43,12 @@ _ITEM_TAGS = frozenset(
     {
         *("radio", "checklist", "text", "bbox", "point", "polyline", "polygon", "mask"),
         *("scalar_metric", "confusion_matrix_metric", "line", "classification", "confusion_matrix"),
+        "not_an_object",
     }
 )
 _VALUE_TAGS = frozenset({"value", "thresholds"})
 _FIELD_TAGS = {
+    "counts": frozenset({"string", "list"}),
     "value": _VALUE_TAGS,
     "metricValue": _VALUE_TAGS,
     "mask": frozenset({"png", "url", "rle", "instanceURI"}),

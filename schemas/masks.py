@@ -186,14 +186,27 @@ class UrlMask(Strict):
     ]
 
 
+def _counts_form(value: Any) -> str | None:
+    if isinstance(value, str):
+        return "string"
+    return "list" if isinstance(value, list) else None
+
+
 class Rle(Strict):
     """COCO run-length encoding: column-major runs starting with background."""
 
     size: tuple[Annotated[int, Field(gt=0)], Annotated[int, Field(gt=0)]]
-    counts: (
-        Annotated[str, Field(max_length=MAX_RLE_CHARS)]
-        | Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_RLE_CHARS)]
-    )
+    counts: Annotated[
+        Annotated[Annotated[str, Field(max_length=MAX_RLE_CHARS)], Tag("string")]
+        | Annotated[
+            Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_RLE_CHARS)], Tag("list")
+        ],
+        Discriminator(
+            _counts_form,
+            custom_error_type="wrong_type",
+            custom_error_message="RLE counts are a COCO compressed string or a list of integers",
+        ),
+    ]
 
     @model_validator(mode="after")
     def _sums_to_size(self) -> Self:

@@ -70,11 +70,11 @@ class NdjsonMessage(_Envelope):
 
     @model_validator(mode="after")
     def _labelbox_limits(self) -> Self:
-        _check_unique_uuids(line.uuid for line in self.ndjson)
+        _check_unique_uuids(getattr(line, "uuid", None) for line in self.ndjson)
         _check_per_feature(
             (repr(sorted(line.dataRow.model_dump(exclude_none=True).items())), _nd_feature(line))
             for line in self.ndjson
-            if hasattr(line, "schemaId")
+            if hasattr(line, "schemaId") and hasattr(line, "dataRow")
         )
         return self
 

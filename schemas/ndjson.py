@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, Self
 from uuid import UUID
 
 from pydantic import ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from schemas._base import Confidence, CustomMetric, FreeText, Name, Strict, exactly_one
 from schemas.masks import PngMask
@@ -167,12 +168,21 @@ class NdConfusionMatrixLine(_NdLine):
     _threshold_count = field_validator("metricValue")(check_thresholds)
 
 
+class NdNotAnObject(Strict):
+    """Matches nothing: a line that is not a JSON object is refused as ``wrong_type``."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse(cls, value: Any) -> Any:
+        raise PydanticCustomError("wrong_type", "an NDJSON line must be a JSON object")
+
+
 _GEOMETRY_KEYS = ("bbox", "point", "line", "polygon", "mask")
 
 
 def _line_kind(value: Any) -> str | None:
     if not isinstance(value, dict):
-        return None
+        return "not_an_object"
     for key in _GEOMETRY_KEYS:
         if key in value:
             return key
@@ -190,7 +200,8 @@ NdjsonLine = Annotated[
     | Annotated[NdMaskLine, Tag("mask")]
     | Annotated[NdClassificationLine, Tag("classification")]
     | Annotated[NdScalarMetricLine, Tag("scalar_metric")]
-    | Annotated[NdConfusionMatrixLine, Tag("confusion_matrix")],
+    | Annotated[NdConfusionMatrixLine, Tag("confusion_matrix")]
+    | Annotated[NdNotAnObject, Tag("not_an_object")],
     Discriminator(
         _line_kind,
         custom_error_type="unknown_prediction_type",

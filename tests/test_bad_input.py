@@ -326,25 +326,7 @@ CORPUS: list[Bad] = [
 ]
 
 #: Corpus messages whose reason code is wrong today (each still lands in the DLQ: nothing is lost).
-KNOWN_BUGS = {
-    "recursion-bomb-array": (
-        "BUG: worker/decode.py _rejection only gives JSON-level failures precedence when the reason is "
-        "'invalid_json'; pydantic's recursion-limit error is already mapped to 'nesting_too_deep' by "
-        "schemas.errors.reason_of, so the 'not a JSON object' override wins for a deep '[[[…' "
-        "(while a shallow truncated '[[[' is 'invalid_json' and a deep '{\"a\":{…' is 'nesting_too_deep')"
-    ),
-    "rle-negative-count": (
-        "BUG: schemas/masks.py Rle.counts is an undiscriminated union str | list[int>=0]; "
-        "schemas.errors.summarize takes the first error, the str branch's string_type, so a list with "
-        "a negative run is 'wrong_type' at 'predictions.0.mask.rle.counts.constrained-str' (a pydantic "
-        "union label leaks into the path) instead of 'out_of_range' at '…rle.counts.1'"
-    ),
-    "ndjson-line-not-object": (
-        "BUG: schemas/ndjson.py _line_kind returns None for a line that is not an object, so the "
-        "discriminator reports 'unknown_prediction_type' (\"needs one of bbox, …\"); a typed prediction "
-        "that is not an object is 'wrong_type'"
-    ),
-}
+KNOWN_BUGS: dict[str, str] = {}  # name -> "BUG: …" for a corpus message whose reason is known wrong
 
 
 def corpus_params() -> list[Any]:

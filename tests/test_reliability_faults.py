@@ -1264,12 +1264,6 @@ async def test_slow_labelbox_keeps_memory_bounded_pauses_and_never_rebalances(
 # --- one model run's Labelbox trouble must not hold up the others -----------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: one model run's ontology fetch blocks every model run: Pipeline._convert_loop awaits "
-    "_admit -> _ontology_verdict -> OntologyCache.check inline, and retries a TransientError there "
-    "(sleep 1-5 s, forever), so the messages of model runs whose ontology is cached wait behind it",
-)
 async def test_one_model_runs_ontology_outage_does_not_block_other_model_runs(
     bootstrap: str, topic: str, sandbox: Sandbox
 ) -> None:

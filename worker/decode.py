@@ -47,7 +47,7 @@ def decode(value: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> M
 def _rejection(value: bytes, exc: ValidationError) -> Rejection:
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     reason, described = summarize(errors)
-    if reason == "invalid_json":
+    if errors[0]["type"] == "json_invalid":
         return Rejection(_json_failure(value), described)
     if errors[0]["loc"] == () and not value.lstrip().startswith(b"{"):
         return Rejection("not_an_object", ["the message must be a JSON object"])
@@ -63,7 +63,8 @@ def _json_failure(value: bytes) -> str:
     try:
         orjson.loads(value)
     except orjson.JSONDecodeError as exc:
-        return "nesting_too_deep" if "recursion" in str(exc).lower() else "invalid_json"
+        text = str(exc).lower()
+        return "nesting_too_deep" if "recursion" in text or "depth limit" in text else "invalid_json"
     return "invalid_json"
 
 

@@ -46,7 +46,8 @@ from worker.labelbox import (
 from worker.logs import ctx
 from worker.metrics import Metrics
 from worker.offsets import PartitionOffsets
-from worker.preparation import DataRowRegistry, OntologyCache, RegistrationFailed
+from worker.ontology import Mismatch
+from worker.preparation import DataRowRegistry, NeedsFetch, OntologyCache, RegistrationFailed
 from worker.settings import Settings
 
 log = logging.getLogger("worker.pipeline")
@@ -60,10 +61,6 @@ _LINE_OVERHEAD_BYTES = 250
 _LABELBOX_GRACE_S = 30.0
 #: How often, and how patiently, the broker is checked for readiness.
 _BROKER_CHECK_EVERY_S = _BROKER_CHECK_TIMEOUT_S = 5.0
-
-
-class _Hold(Exception):
-    """A message is left unsettled (shutdown, fatal error): it will be redelivered."""
 
 
 @dataclass(slots=True, eq=False)
@@ -154,6 +151,7 @@ class Pipeline:
         self._lb = labelbox
         self._ontologies = ontologies
         self._data_rows = data_rows
+        self._parked: dict[str, list[Envelope]] = {}
         self._clock = clock
         self._batcher: Batcher[Envelope] = Batcher(
             BatchLimits(settings.batch_max_rows, settings.batch_max_bytes, settings.batch_linger_s)
@@ -335,7 +333,7 @@ class Pipeline:
                 elif rejection is not None:
                     self._reject(envelope, rejection.reason, rejection.errors)
                 else:
-                    await self._admit(envelope)
+                    self._admit(envelope)
 
     def _account_converted(self, envelopes: list[Envelope]) -> None:
         """Count the converted lines against the buffer too: they live as long as the record."""
@@ -355,41 +353,66 @@ class Pipeline:
         self._metrics.messages_rejected.labels(reason).inc()
         self._spawn(self._dead_letter(envelope, reason, errors))
 
-    async def _admit(self, envelope: Envelope) -> None:
-        """Check the ontology (when on), then batch; a mismatch goes to the DLQ without upload."""
-        if self._ontologies is not None:
-            try:
-                verdict = await self._ontology_verdict(envelope)
-            except _Hold:
-                return  # stopping or fatal: left unsettled, redelivered later
-            if verdict is not None:
-                self._reject(envelope, *verdict)
-                return
-        self._add_to_batch(envelope)
+    def _admit(self, envelope: Envelope) -> None:
+        """Check the ontology (when on), then batch; a mismatch goes to the DLQ without upload.
 
-    async def _ontology_verdict(self, envelope: Envelope) -> tuple[str, list[str]] | None:
-        """None when every line fits the model run's ontology, else (reason, errors). Raises _Hold."""
-        assert self._ontologies is not None
+        Never waits for Labelbox: a message whose model run's ontology must be fetched first is
+        parked, in order, behind a per-model-run fetch task, so one model run's trouble never holds
+        up the others.
+        """
         run = envelope.model_run_id
-        assert run is not None
-        while not self.stopping:
+        if self._ontologies is None or run is None:
+            self._add_to_batch(envelope)
+            return
+        parked = self._parked.get(run)
+        if parked is not None:
+            parked.append(envelope)
+            return
+        try:
+            found = self._ontologies.verdict(run, (line.body for line in envelope.lines))
+        except NeedsFetch:
+            self._parked[run] = [envelope]
+            self._spawn(self._fetch_ontology_then_admit(run))
+            return
+        self._apply_verdict(envelope, found)
+
+    def _apply_verdict(self, envelope: Envelope, found: tuple[int, Mismatch] | None) -> None:
+        if found is None:
+            self._add_to_batch(envelope)
+            return
+        index, mismatch = found
+        where = f"{envelope.payload_format}.{index}.{mismatch.path}"
+        self._reject(envelope, "ontology_mismatch", [f"{where}: {mismatch.code}: {mismatch.message}"])
+
+    async def _fetch_ontology_then_admit(self, run: str) -> None:
+        """Fetch one model run's ontology (retrying transient failures), then admit what waited."""
+        assert self._ontologies is not None
+        while True:
             try:
-                found = await self._ontologies.check(run, (line.body for line in envelope.lines))
+                await self._ontologies.refresh(run)
+                break
             except AuthenticationError as exc:
                 self._fail(exc)
-                raise _Hold from exc
+                return  # parked messages stay unsettled; the worker is stopping
             except RequestRejected as exc:
-                return "model_run_unavailable", [f"model_run_id: {exc}"]
+                for envelope in self._parked.pop(run, []):
+                    if self._owned(envelope):
+                        self._reject(envelope, "model_run_unavailable", [f"model_run_id: {exc}"])
+                return
             except TransientError as exc:
                 log.warning("ontology_fetch_retry", extra=ctx(model_run_id=run, error=str(exc)))
                 await asyncio.sleep(random.uniform(1.0, 5.0))
+        self._admit_parked(run)
+
+    def _admit_parked(self, run: str) -> None:
+        assert self._ontologies is not None
+        for envelope in self._parked.pop(run, []):
+            if not self._owned(envelope):
+                self._release(envelope)
                 continue
-            if found is None:
-                return None
-            index, mismatch = found
-            where = f"{envelope.payload_format}.{index}.{mismatch.path}"
-            return "ontology_mismatch", [f"{where}: {mismatch.code}: {mismatch.message}"]
-        raise _Hold
+            # Just fetched: a miss now is a real mismatch, not a stale cache.
+            bodies = (line.body for line in envelope.lines)
+            self._apply_verdict(envelope, self._ontologies.verdict(run, bodies, refetch_on_miss=False))
 
     def _owned(self, envelope: Envelope) -> bool:
         return self._trackers.get(envelope.tp) is envelope.tracker
@@ -589,27 +612,33 @@ class Pipeline:
         while True:
             await self._commit_wanted.wait()
             self._commit_wanted.clear()
-            await self.commit()
+            if not await self.commit():
+                await asyncio.sleep(1.0)
+                self._commit_wanted.set()  # a failed commit is tried again, even if nothing else settles
             await asyncio.sleep(0.2)  # coalesce settlements into fewer commits
 
-    async def commit(self, only: set[TopicPartition] | None = None) -> None:
-        """Commit every partition's settled offset that moved (or only those in ``only``)."""
+    async def commit(self, only: set[TopicPartition] | None = None) -> bool:
+        """Commit every partition's settled offset that moved (or only those in ``only``).
+
+        Returns False if the broker refused the commit (it is logged; the caller may try again).
+        """
         due = {
             tp: (tracker, tracker.commit_offset)
             for tp, tracker in self._trackers.items()
             if tracker.needs_commit() and (only is None or tp in only)
         }
         if not due:
-            return
+            return True
         try:
             await self._consumer.commit({tp: offset for tp, (_, offset) in due.items()})
         except KafkaError as exc:
             log.warning("commit_failed", extra=ctx(error=str(exc), partitions=len(due)))
-            return
+            return False
         for tp, (tracker, offset) in due.items():
             tracker.mark_committed(offset)
             self._metrics.committed_offset.labels(tp.topic, str(tp.partition)).set(offset)
         self._metrics.last_commit.set(time.time())
+        return True
 
     # --- rebalance -----------------------------------------------------------------------------
 

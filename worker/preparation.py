@@ -85,6 +85,24 @@ class OntologyCache:
             mismatch = _first_mismatch(entry.ontology, lines)
         return mismatch
 
+    def verdict(
+        self, model_run_id: str, bodies: Iterable[dict[str, object]], *, refetch_on_miss: bool = True
+    ) -> tuple[int, Mismatch] | None:
+        """Like :meth:`check`, but never waits: raises :class:`NeedsFetch` when Labelbox must be asked
+        first (no ontology yet or an expired one, or a miss on one old enough to refetch)."""
+        entry = self._entries.get(model_run_id)
+        now = self._clock()
+        if entry is None or (refetch_on_miss and now - entry.fetched_at >= self._ttl_s):
+            raise NeedsFetch(model_run_id)
+        found = _first_mismatch(entry.ontology, list(bodies))
+        if found is not None and refetch_on_miss and now - entry.fetched_at >= self._min_refetch_s:
+            raise NeedsFetch(model_run_id)
+        return found
+
+    async def refresh(self, model_run_id: str) -> None:
+        """Fetch the model run's ontology now (unless it was fetched less than ``min_refetch_s`` ago)."""
+        await self._entry(model_run_id, refresh=True)
+
     async def ontology(self, model_run_id: str) -> Ontology:
         """The cached (or freshly fetched) ontology of a model run."""
         return (await self._entry(model_run_id, refresh=False)).ontology
@@ -95,13 +113,17 @@ class OntologyCache:
             entry = self._entries.get(model_run_id)
             now = self._clock()
             stale = entry is None or now - entry.fetched_at >= self._ttl_s
-            if refresh and entry is not None:
+            if refresh and entry is not None and not stale:
                 stale = now - entry.fetched_at >= self._min_refetch_s
             if stale:
                 normalized = await self._client.fetch_ontology(model_run_id)
                 entry = self._entries[model_run_id] = _Entry(_readable(model_run_id, normalized), now)
             assert entry is not None
             return entry
+
+
+class NeedsFetch(Exception):
+    """The ontology must be fetched from Labelbox before this verdict can be given."""
 
 
 def _readable(model_run_id: str, normalized: dict[str, Any]) -> Ontology:

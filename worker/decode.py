@@ -48,18 +48,21 @@ def _rejection(value: bytes, exc: ValidationError) -> Rejection:
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     reason, described = summarize(errors)
     if errors[0]["type"] == "json_invalid":
-        return Rejection(_json_failure(value), described)
+        return Rejection(_json_failure(value, reason), described)
     if errors[0]["loc"] == () and not value.lstrip().startswith(b"{"):
         return Rejection("not_an_object", ["the message must be a JSON object"])
     run_id, message_id = _envelope_ids(value)
     return Rejection(reason, described, run_id, message_id)
 
 
-def _json_failure(value: bytes) -> str:
+def _json_failure(value: bytes, reason: str) -> str:
+    """invalid_utf8, nesting_too_deep (``reason`` says so for the parser's own limit) or invalid_json."""
     try:
         value.decode("utf-8")
     except UnicodeDecodeError:
         return "invalid_utf8"
+    if reason == "nesting_too_deep":
+        return reason
     try:
         orjson.loads(value)
     except orjson.JSONDecodeError as exc:

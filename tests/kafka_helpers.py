@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from worker.dlq import H_OFFSET, H_PARTITION
+
 
 async def produce(
     bootstrap: str, topic: str, records: Iterable[tuple[bytes | None, bytes, int | None]]
@@ -82,5 +84,46 @@ async def committed(bootstrap: str, group: str, topic: str, partitions: int) -> 
     await consumer.start()
     try:
         return {p: await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)}
+    finally:
+        await consumer.stop()
+
+
+@dataclass(frozen=True)
+class DeadLettered:
+    value: bytes | None
+    headers: dict[str, str]
+    timestamp_ms: int
+
+    @property
+    def origin(self) -> tuple[int, int]:
+        """(partition, offset) the record came from."""
+        return int(self.headers[H_PARTITION]), int(self.headers[H_OFFSET])
+
+
+async def read_dlq(bootstrap: str, topic: str, timeout_s: float = 15.0) -> list[DeadLettered]:
+    """Every record of the (single-partition) DLQ topic, up to the high watermark of the fetches."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_bytes=64 * 1024 * 1024,
+        max_partition_fetch_bytes=64 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        out: list[DeadLettered] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(tp, timeout_ms=200)
+            for record in batch.get(tp, []):
+                headers = {k: v.decode() for k, v in record.headers}
+                out.append(DeadLettered(record.value, headers, record.timestamp))
+            highwater = consumer.highwater(tp)
+            if highwater is not None and await consumer.position(tp) >= highwater:
+                return out
+        raise AssertionError(f"the DLQ {topic} was not read to its end within {timeout_s} s")
     finally:
         await consumer.stop()

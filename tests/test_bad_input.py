@@ -36,7 +36,6 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
@@ -45,7 +44,7 @@ from pydantic import SecretStr
 
 from schemas.errors import REASON_CODES
 from tests.factories import bbox, every_type, message, png_b64, radio
-from tests.kafka_helpers import produce
+from tests.kafka_helpers import DeadLettered, produce, read_dlq
 from tests.worker_harness import make_topics, settings_for, wait_committed
 from worker.convert import convert
 from worker.decode import Rejection, decode
@@ -448,38 +447,6 @@ async def until(condition: Callable[[], bool], timeout_s: float) -> bool:
             return True
         await asyncio.sleep(0.05)
     return condition()
-
-
-@dataclass(frozen=True)
-class DeadLettered:
-    value: bytes | None
-    headers: dict[str, str]
-
-
-async def read_dlq(bootstrap: str, topic: str, timeout_s: float = 20.0) -> list[DeadLettered]:
-    """Every record of the (single-partition) DLQ, up to the high watermark of the fetches."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=64 * 1024 * 1024,
-    )
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        out: list[DeadLettered] = []
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(tp, timeout_ms=200)
-            out += [DeadLettered(r.value, {k: v.decode() for k, v in r.headers}) for r in batch.get(tp, [])]
-            highwater = consumer.highwater(tp)
-            if highwater is not None and await consumer.position(tp) >= highwater:
-                return out
-        raise AssertionError(f"the DLQ {topic} was not read to its end within {timeout_s} s")
-    finally:
-        await consumer.stop()
 
 
 @contextlib.asynccontextmanager

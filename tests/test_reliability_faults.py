@@ -42,12 +42,12 @@ from pydantic import SecretStr
 
 from tests.conftest import API_KEY
 from tests.factories import bbox, message, radio
-from tests.kafka_helpers import committed, produce
+from tests.kafka_helpers import DeadLettered, committed, produce, read_dlq
 from tests.tcp_proxy import TcpProxy
 from tests.worker_harness import make_topics, running, settings_for, wait_committed
 from worker.convert import convert
 from worker.decode import Rejection, decode
-from worker.dlq import H_ERROR, H_IMPORT, H_OFFSET, H_PARTITION, H_REASON, H_TOPIC
+from worker.dlq import H_ERROR, H_IMPORT, H_REASON, H_TOPIC
 from worker.embedded import broker_binary, free_port
 from worker.sandbox import FaultRule, Sandbox
 from worker.sandbox.state import ROW_FAILURE_ERROR_NAME
@@ -131,46 +131,6 @@ async def produce_sent(bootstrap: str, topic: str, sent: list[Sent]) -> None:
 
 
 # --- what the DLQ holds ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DeadLettered:
-    value: bytes | None
-    headers: dict[str, str]
-    timestamp_ms: int
-
-    @property
-    def origin(self) -> Origin:
-        return int(self.headers[H_PARTITION]), int(self.headers[H_OFFSET])
-
-
-async def read_dlq(bootstrap: str, topic: str, timeout_s: float = 15.0) -> list[DeadLettered]:
-    """Every record of the (single-partition) DLQ topic, up to the high watermark of the fetches."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_bytes=64 * 1024 * 1024,
-        max_partition_fetch_bytes=64 * 1024 * 1024,
-    )
-    await consumer.start()
-    try:
-        tp = TopicPartition(topic, 0)
-        consumer.assign([tp])
-        await consumer.seek_to_beginning(tp)
-        out: list[DeadLettered] = []
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            batch = await consumer.getmany(tp, timeout_ms=200)
-            for record in batch.get(tp, []):
-                headers = {k: v.decode() for k, v in record.headers}
-                out.append(DeadLettered(record.value, headers, record.timestamp))
-            highwater = consumer.highwater(tp)
-            if highwater is not None and await consumer.position(tp) >= highwater:
-                return out
-        raise AssertionError(f"the DLQ {topic} was not read to its end within {timeout_s} s")
-    finally:
-        await consumer.stop()
 
 
 # --- commit sampling while the fault is active -----------------------------------------------------

@@ -37,6 +37,7 @@ from typing import Any
 
 import orjson
 
+from schemas.predictions import RESERVED_METRIC_NAMES
 from worker.ontology import Ontology
 
 Error = dict[str, Any]
@@ -47,18 +48,7 @@ OntologyArg = Mapping[str, Any] | Ontology | None
 PAYLOAD_KEYS = ("bbox", "point", "line", "polygon", "mask", "answer", "metricValue")
 SCALAR_AGGREGATIONS = frozenset({"ARITHMETIC_MEAN", "GEOMETRIC_MEAN", "HARMONIC_MEAN", "SUM"})
 CONFUSION_AGGREGATION = "CONFUSION_MATRIX"
-RESERVED_SCALAR_METRIC_NAMES = frozenset(
-    {
-        "true_positive_count",
-        "false_positive_count",
-        "true_negative_count",
-        "false_negative_count",
-        "precision",
-        "recall",
-        "f1",
-        "iou",
-    }
-)
+RESERVED_SCALAR_METRIC_NAMES = RESERVED_METRIC_NAMES  # the same names Labelbox reserves
 MAX_NESTING_DEPTH = 32
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")

@@ -122,4 +122,42 @@ async def test_ops_endpoints_report_health_and_metrics(bootstrap: str, topic: st
     assert f'lbworker_messages_consumed_total{{topic="{topic}"}} 6.0' in text
     assert 'lbworker_predictions_converted_total{type="bbox"} 5.0' in text
     assert 'lbworker_imports_total{outcome="success"}' in text
+    assert f'lbworker_consumer_lag{{partition="0",topic="{topic}"}} 0.0' in text, "lag 0 at the end"
+    assert "lbworker_rows_imported_total 70.0" in text  # 5 messages x 14 predictions
     assert "test-key" not in text
+
+
+async def test_readyz_flips_while_labelbox_is_unreachable(
+    bootstrap: str, topic: str, sandbox: Sandbox
+) -> None:
+    await make_topics(bootstrap, topic, 1)
+    settings = settings_for(bootstrap, topic, sandbox, labelbox_unready_after_s=0.5, labelbox_retry_max_s=30)
+    async with running(settings) as (service, _), aiohttp.ClientSession() as http:
+        assert await _sample_until(lambda: service.ops is not None and service.pipeline is not None, 10)
+        assert service.ops is not None
+        ready_url = f"http://127.0.0.1:{service.ops.port}/readyz"
+
+        async def status() -> int:
+            async with http.get(ready_url) as answer:
+                return answer.status
+
+        assert await _poll_status(status, 200, 15), "ready once joined"
+        sandbox.state.add_fault(
+            FaultRule(kind="http_status", status=503, operation="create_import", count=None)
+        )
+        await produce(bootstrap, topic, _records(2, 1))
+        assert await _poll_status(status, 503, 20), "not ready while Labelbox keeps failing"
+        body = await (await http.get(ready_url)).json()
+        assert body["labelbox_ok"] is False
+        sandbox.state.clear_faults()
+        assert await _poll_status(status, 200, 30), "ready again once Labelbox answers"
+        assert await wait_committed(bootstrap, settings, {0: 2}) == {0: 2}
+
+
+async def _poll_status(status: object, wanted: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if await status() == wanted:  # type: ignore[operator]
+            return True
+        await asyncio.sleep(0.1)
+    return False

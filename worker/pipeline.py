@@ -57,8 +57,6 @@ EXIT_OK, EXIT_INTERNAL, EXIT_SETTINGS, EXIT_AUTH = 0, 1, 2, 3
 _RECORD_OVERHEAD_BYTES = 200
 #: Bytes counted per converted NDJSON line besides its bytes: the line object and its strings.
 _LINE_OVERHEAD_BYTES = 250
-#: Labelbox failing transiently for longer than this makes the worker not ready.
-_LABELBOX_GRACE_S = 30.0
 #: How often, and how patiently, the broker is checked for readiness.
 _BROKER_CHECK_EVERY_S = _BROKER_CHECK_TIMEOUT_S = 5.0
 
@@ -233,7 +231,8 @@ class Pipeline:
         live = bool(self._stages) and all(not t.done() for t in self._stages.values())
         failing_since = self._lb.failing_since
         labelbox_ok = self._labelbox_ok and (
-            failing_since is None or time.monotonic() - failing_since < _LABELBOX_GRACE_S
+            failing_since is None
+            or time.monotonic() - failing_since < self._settings.labelbox_unready_after_s
         )
         ready = live and self.joined and self._broker_ok and labelbox_ok and not self.stopping
         self._metrics.ready.set(1 if ready else 0)

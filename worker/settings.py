@@ -92,6 +92,7 @@ class LabelboxSettings(_FromEnv):
 class Settings(KafkaSettings, LabelboxSettings):
     """Every setting, with its unit in its name. Defaults suit a small production deployment."""
 
+    labelbox_unready_after_s: float = Field(30.0, ge=0)
     ontology_check: Literal["strict", "off"] = "strict"
     ontology_ttl_s: float = Field(600.0, ge=0)
     ontology_min_refetch_s: float = Field(10.0, ge=0)

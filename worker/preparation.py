@@ -69,27 +69,13 @@ class OntologyCache:
         self._entries: dict[str, _Entry] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def check(
-        self, model_run_id: str, bodies: Iterable[dict[str, object]]
-    ) -> tuple[int, Mismatch] | None:
-        """(index, mismatch) of the first line of ``bodies`` that does not fit the ontology, or None.
-
-        Raises the client's errors (``RequestRejected`` for an unknown model run, ``TransientError``
-        when Labelbox cannot be reached within the retry budget).
-        """
-        lines = list(bodies)
-        entry = await self._entry(model_run_id, refresh=False)
-        mismatch = _first_mismatch(entry.ontology, lines)
-        if mismatch is not None and self._clock() - entry.fetched_at >= self._min_refetch_s:
-            entry = await self._entry(model_run_id, refresh=True)
-            mismatch = _first_mismatch(entry.ontology, lines)
-        return mismatch
-
     def verdict(
         self, model_run_id: str, bodies: Iterable[dict[str, object]], *, refetch_on_miss: bool = True
     ) -> tuple[int, Mismatch] | None:
-        """Like :meth:`check`, but never waits: raises :class:`NeedsFetch` when Labelbox must be asked
-        first (no ontology yet or an expired one, or a miss on one old enough to refetch)."""
+        """(index, mismatch) of the first line of ``bodies`` that does not fit the cached ontology, or
+        None. Never waits: raises :class:`NeedsFetch` when Labelbox must be asked first (no ontology
+        yet or an expired one, or a miss on one old enough to refetch); then call :meth:`refresh` and
+        ask again with ``refetch_on_miss=False``."""
         entry = self._entries.get(model_run_id)
         now = self._clock()
         if entry is None or (refetch_on_miss and now - entry.fetched_at >= self._ttl_s):
@@ -100,26 +86,19 @@ class OntologyCache:
         return found
 
     async def refresh(self, model_run_id: str) -> None:
-        """Fetch the model run's ontology now (unless it was fetched less than ``min_refetch_s`` ago)."""
-        await self._entry(model_run_id, refresh=True)
+        """Fetch the model run's ontology, unless one was fetched less than ``min_refetch_s`` ago.
 
-    async def ontology(self, model_run_id: str) -> Ontology:
-        """The cached (or freshly fetched) ontology of a model run."""
-        return (await self._entry(model_run_id, refresh=False)).ontology
-
-    async def _entry(self, model_run_id: str, *, refresh: bool) -> _Entry:
+        Raises the client's errors (``RequestRejected`` for an unknown model run, ``TransientError``
+        when Labelbox cannot be reached within the retry budget).
+        """
         lock = self._locks.setdefault(model_run_id, asyncio.Lock())
         async with lock:  # one fetch per model run at a time
             entry = self._entries.get(model_run_id)
             now = self._clock()
-            stale = entry is None or now - entry.fetched_at >= self._ttl_s
-            if refresh and entry is not None and not stale:
-                stale = now - entry.fetched_at >= self._min_refetch_s
-            if stale:
-                normalized = await self._client.fetch_ontology(model_run_id)
-                entry = self._entries[model_run_id] = _Entry(_readable(model_run_id, normalized), now)
-            assert entry is not None
-            return entry
+            if entry is not None and now - entry.fetched_at < self._min_refetch_s:
+                return
+            normalized = await self._client.fetch_ontology(model_run_id)
+            self._entries[model_run_id] = _Entry(_readable(model_run_id, normalized), now)
 
 
 class NeedsFetch(Exception):

@@ -30,7 +30,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -63,20 +63,8 @@ Operation = Literal[
     "input_file",
     "blob",
 ]
-GRAPHQL_OPERATIONS = frozenset(
-    {
-        "create_import",
-        "poll_import",
-        "model_run",
-        "model",
-        "ontology",
-        "register_data_rows",
-        "register_labels",
-        "task_status",
-        "user",
-        "unknown",
-    }
-)
+#: The operations that are GraphQL root fields (the others are groups, files and blobs).
+GRAPHQL_OPERATIONS = frozenset(get_args(Operation)) - {"any", "graphql", "status_file", "input_file", "blob"}
 TERMINAL_KINDS: frozenset[str] = frozenset({"http_status", "rate_limit", "hang", "reset", "graphql_error"})
 IMPORT_KINDS: frozenset[str] = frozenset({"import_failed", "row_failure", "slow_import", "lost_response"})
 _DEFAULT_DELAY_S = {"latency": 1.0, "hang": 3600.0, "slow_import": 5.0}

@@ -28,7 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, UnsupportedCodecError
 
 from schemas import NdjsonMessage
 from worker.batcher import Batch, Batcher, BatchLimits
@@ -49,14 +49,17 @@ from worker.offsets import PartitionOffsets
 from worker.ontology import Mismatch
 from worker.preparation import DataRowRegistry, NeedsFetch, OntologyCache, RegistrationFailed
 from worker.settings import Settings
+from worker.source import DECODE_ERRORS, UndecodableBatch, locate_undecodable
 
 log = logging.getLogger("worker.pipeline")
 #: Exit statuses of ``python -m worker run``.
-EXIT_OK, EXIT_INTERNAL, EXIT_SETTINGS, EXIT_AUTH = 0, 1, 2, 3
+EXIT_OK, EXIT_INTERNAL, EXIT_SETTINGS, EXIT_AUTH, EXIT_UNDECODABLE = 0, 1, 2, 3, 4
 #: Bytes counted per fetched record besides key and value: Python objects and bookkeeping.
 _RECORD_OVERHEAD_BYTES = 200
 #: Bytes counted per converted NDJSON line besides its bytes: the line object and its strings.
 _LINE_OVERHEAD_BYTES = 250
+#: How many times in a row one batch may fail its CRC check (each time fetched again) before the worker stops.
+_CORRUPT_FETCHES_MAX = 3
 #: How often, and how patiently, the broker is checked for readiness.
 _BROKER_CHECK_EVERY_S = _BROKER_CHECK_TIMEOUT_S = 5.0
 
@@ -168,6 +171,7 @@ class Pipeline:
         self._labelbox_ok = True
         self._broker_ok = True
         self._stop_requested = False
+        self._corrupt: tuple[tuple[TopicPartition, int] | None, int] = (None, 0)  # where, how many times
         self.fatal: BaseException | None = None
         self.joined = False
         #: When the drain must be over (same clock as ``clock``); set when shutdown begins.
@@ -198,7 +202,7 @@ class Pipeline:
         await self._drain()
         self._executor.shutdown(wait=False, cancel_futures=True)
         if crashed is not None:
-            return EXIT_INTERNAL
+            return EXIT_UNDECODABLE if isinstance(crashed, UndecodableBatch) else EXIT_INTERNAL
         return EXIT_AUTH if isinstance(self.fatal, AuthenticationError) else EXIT_OK
 
     def request_stop(self) -> None:
@@ -216,7 +220,10 @@ class Pipeline:
         for task in done:
             if task is not stop and not task.cancelled() and task.exception() is not None:
                 error = task.exception()
-                log.error("stage_crashed", extra=ctx(stage=task.get_name()), exc_info=error)
+                if isinstance(error, UndecodableBatch):
+                    log.error("undecodable_record_batch", extra=ctx(**error.context()))
+                else:
+                    log.error("stage_crashed", extra=ctx(stage=task.get_name()), exc_info=error)
                 self.request_stop()
                 return error
         return None
@@ -264,9 +271,33 @@ class Pipeline:
         assert self._stopping is not None
         while not self._stopping.is_set():
             self._apply_backpressure()
-            fetched = await self._consumer.getmany(timeout_ms=100, max_records=self._fetch_limit())
+            try:
+                fetched = await self._consumer.getmany(timeout_ms=100, max_records=self._fetch_limit())
+            except DECODE_ERRORS as exc:
+                await self._undecodable(exc)
+                continue
+            where, _ = self._corrupt
+            if where is not None and where[0] in fetched:  # the partition moved on: it was passing
+                self._corrupt = (None, 0)
             for tp, records in fetched.items():
                 self._accept(tp, records)
+
+    async def _undecodable(self, error: Exception) -> None:
+        """A batch that cannot be decoded: a missing codec stops the worker at once; a CRC failure is
+        fetched again (the fetch position has not moved past it), and stops the worker if it persists.
+        Raises :class:`UndecodableBatch`."""
+        where = locate_undecodable(self._consumer)
+        seen, times = self._corrupt
+        times = times + 1 if where == seen else 1
+        self._corrupt = (where, times)
+        if isinstance(error, UnsupportedCodecError) or times >= _CORRUPT_FETCHES_MAX:
+            raise UndecodableBatch(where, error) from error
+        tp, offset = where if where else (None, None)
+        log.warning(
+            "corrupt_batch_refetch",
+            extra=ctx(topic=tp and tp.topic, partition=tp and tp.partition, offset=offset, error=str(error)),
+        )
+        await asyncio.sleep(0.5)
 
     def _fetch_limit(self) -> int:
         """Records to take in one fetch: no more than the buffer has room for (at the average size a

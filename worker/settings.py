@@ -64,6 +64,8 @@ class KafkaSettings(_FromEnv):
     kafka_session_timeout_ms: int = Field(45_000, ge=6_000, le=1_800_000)
     kafka_max_poll_interval_ms: int = Field(300_000, ge=10_000)
     kafka_dlq_max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    #: Codec of what the worker produces (DLQ records, replayed records); reading takes every codec.
+    kafka_compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
 
     @model_validator(mode="after")
     def _consistent_kafka(self) -> Self:

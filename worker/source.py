@@ -1,11 +1,14 @@
-"""Kafka clients built from Settings: the group consumer (auto-commit off) and the DLQ producer."""
+"""Kafka clients built from Settings (the group consumer with auto-commit off, the DLQ producer), and
+what the consumer cannot decode."""
 
 from __future__ import annotations
 
+import inspect
 import ssl
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
 from aiokafka.helpers import create_ssl_context
 
 from worker.settings import KafkaSettings, Settings
@@ -59,6 +62,10 @@ def make_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(**options)
 
 
+def _codec(settings: KafkaSettings) -> str | None:
+    return None if settings.kafka_compression_type == "none" else settings.kafka_compression_type
+
+
 def make_reader(settings: KafkaSettings) -> AIOKafkaConsumer:
     """A consumer outside any group (assign + seek), for reading the DLQ."""
     return AIOKafkaConsumer(
@@ -80,5 +87,68 @@ def make_producer(settings: KafkaSettings, role: str = "dlq") -> AIOKafkaProduce
         acks="all",
         max_request_size=settings.kafka_dlq_max_message_bytes,
         linger_ms=5,
+        compression_type=_codec(settings),
         **_security(settings),
     )
+
+
+class UndecodableBatch(Exception):
+    """A record batch the consumer cannot decode (a codec it lacks, a batch that stays corrupt).
+
+    Skipping it would lose records and retrying cannot help, so the worker stops (exit status 4)
+    with the batch's place and what to do; nothing at or after it on that partition is committed.
+    """
+
+    def __init__(self, location: tuple[TopicPartition, int] | None, cause: BaseException) -> None:
+        self.topic = location[0].topic if location else None
+        self.partition = location[0].partition if location else None
+        self.offset = location[1] if location else None
+        self.cause = cause
+        super().__init__(f"{type(cause).__name__}: {cause}")
+
+    @property
+    def action(self) -> str:
+        """What an operator does about it, in one sentence."""
+        if isinstance(self.cause, UnsupportedCodecError):
+            return (
+                "install the codec the producer used (aiokafka's extras: pip install "
+                "'aiokafka[lz4,snappy,zstd]'), then restart; the worker resumes at the last committed offset"
+            )
+        return (
+            "the batch stays corrupt when fetched again: save it (kcat -C -t TOPIC -p PARTITION -o OFFSET), "
+            "then move the group past it (kafka-consumer-groups --reset-offsets --to-offset <next offset>) "
+            "and have the producer re-send it"
+        )
+
+    def context(self) -> dict[str, object]:
+        """Log fields: where the batch is, the error, and the action."""
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "offset": self.offset,
+            "error": str(self),
+            "action": self.action,
+        }
+
+
+#: Errors that mean a fetched record batch could not be decoded.
+DECODE_ERRORS = (UnsupportedCodecError, CorruptRecordException)
+
+
+def locate_undecodable(consumer: AIOKafkaConsumer) -> tuple[TopicPartition, int] | None:
+    """The partition and offset of the batch a failed ``getmany`` could not decode, when they can be told.
+
+    aiokafka raises the decode error without saying where; its fetcher keeps the failed partition's
+    records iterator, closed by the exception, positioned at the bad batch's first offset. This reads
+    that private state (pinned by a test over a real broker); None when it cannot be read.
+    """
+    try:
+        results = consumer._fetcher._records.items()  # private: see the docstring
+        for tp, result in results:
+            records: Any = getattr(result, "_partition_records", None)
+            iterator = getattr(records, "_records_iterator", None)
+            if inspect.isgenerator(iterator) and inspect.getgeneratorstate(iterator) == inspect.GEN_CLOSED:
+                return tp, int(records.next_fetch_offset)
+    except Exception:  # private state changed shape: report without a place rather than crash
+        return None
+    return None

@@ -43,7 +43,7 @@ _ITEM_TAGS = frozenset(
     {
         *("radio", "checklist", "text", "bbox", "point", "polyline", "polygon", "mask"),
         *("scalar_metric", "confusion_matrix_metric", "line", "classification", "confusion_matrix"),
-        "not_an_object",
+        *("not_an_object", "unsupported_media"),
     }
 )
 _VALUE_TAGS = frozenset({"value", "thresholds"})
@@ -80,6 +80,7 @@ REASON_CODES = frozenset(
         "reserved_metric_name",
         "duplicate_uuid",
         "too_many_predictions",
+        "unsupported_media",
     }
 )
 

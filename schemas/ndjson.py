@@ -107,7 +107,8 @@ class NdClassification(_NdFeature):
 
 # --- under an answer: the SDK's snake_case spellings too ---
 
-#: The snake_case keys the SDK writes under an answer, and the camelCase key each stands for.
+#: The snake_case keys the SDK writes under an answer, and the camelCase key each stands for. Both
+#: spellings on one object: pydantic refuses the second as an extra field (``unknown_field``).
 SDK_SNAKE_CASE = {"schema_id": "schemaId", "custom_metrics": "customMetrics"}
 _SchemaIdEitherCase = Annotated[Name | None, Field(validation_alias=AliasChoices("schemaId", "schema_id"))]
 _MetricsEitherCase = Annotated[
@@ -115,29 +116,11 @@ _MetricsEitherCase = Annotated[
 ]
 
 
-def _refuse_both_spellings(data: Any) -> Any:
-    """Refuse an object that spells one key both ways (pydantic would silently take the first)."""
-    if isinstance(data, dict):
-        for snake, camel in SDK_SNAKE_CASE.items():
-            if snake in data and camel in data:
-                raise PydanticCustomError(
-                    "one_of_required",
-                    "'{camel}' is given twice, as '{camel}' and as '{snake}'; give one",
-                    {"camel": camel, "snake": snake},
-                )
-    return data
-
-
 class NdSubAnswer(NdAnswer):
     """An answer inside an answer's classifications: ``schema_id`` / ``custom_metrics`` accepted too."""
 
     schemaId: _SchemaIdEitherCase = None
     customMetrics: _MetricsEitherCase = Field(default_factory=list)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_spelling(cls, data: Any) -> Any:
-        return _refuse_both_spellings(data)
 
 
 NdSubAnswerValue = Annotated[
@@ -155,11 +138,6 @@ class NdSubclassification(_NdFeature):
     answer: NdSubAnswerValue
     confidence: Confidence | None = None
     customMetrics: _MetricsEitherCase = Field(default_factory=list)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _one_spelling(cls, data: Any) -> Any:
-        return _refuse_both_spellings(data)
 
 
 class _NdLine(_Camel):

@@ -891,8 +891,18 @@ def test_ndjson_format_refuses_a_key_spelled_both_ways() -> None:
     line = {"dataRow": {"globalKey": GK}, "name": "q", "answer": {"name": "a", "classifications": [nested]}}
     rejection = ndjson_message([line])
     assert isinstance(rejection, Rejection)
-    assert rejection.reason == "one_of_required"
-    assert rejection.errors[0].startswith("ndjson.0.answer.classifications.0: 'schemaId' is given twice")
+    assert rejection.reason == "unknown_field"
+    assert rejection.errors[0] == (
+        "ndjson.0.answer.classifications.0.schema_id: Extra inputs are not permitted ('schema_id' is taken "
+        "only inside an answer's classifications, where Labelbox's SDK writes it, and not together with "
+        "'schemaId')"
+    )
+    metrics = [{"name": "m", "value": 1.0}]
+    twice = {"name": "t", "answer": "x", "custom_metrics": metrics, "customMetrics": metrics}
+    rejection = ndjson_message([{**line, "answer": {"name": "a", "classifications": [twice]}}])
+    assert isinstance(rejection, Rejection)
+    assert rejection.reason == "unknown_field"
+    assert rejection.errors[0].startswith("ndjson.0.answer.classifications.0.custom_metrics: ")
 
 
 def test_ndjson_format_snake_case_only_where_the_sdk_writes_it() -> None:
@@ -914,6 +924,7 @@ def test_ndjson_format_snake_case_only_where_the_sdk_writes_it() -> None:
         rejection = ndjson_message([line])
         assert isinstance(rejection, Rejection)
         assert (rejection.reason, rejection.errors[0].split(":")[0]) == ("unknown_field", path)
+        assert "is taken only inside an answer's classifications" in rejection.errors[0]
 
 
 @pytest.mark.parametrize(

@@ -353,6 +353,15 @@ def test_typed_format_keeps_exactly_one_reference() -> None:
         assert "(both given)" in _reject(payload).errors[0]
 
 
+def test_snake_case_hint_is_for_ndjson_lines_only() -> None:
+    typed = _reject(message(radio(custom_metrics=[])))
+    assert typed.errors == ["predictions.0.custom_metrics: Extra inputs are not permitted"]
+    line = {"dataRow": ROW, "name": "q", "answer": "x", "custom_metrics": []}
+    ndjson = _reject(nd_message(line))
+    assert ndjson.reason == "unknown_field"
+    assert ndjson.errors[0].endswith("where Labelbox's SDK writes it, and not together with 'customMetrics')")
+
+
 OTHER_MEDIA: list[tuple[str, Json]] = [
     ("frames", {"name": "q", "answer": {"name": "a"}, "frames": [{"start": 1, "end": 5}]}),
     ("segments", {"name": "b", "segments": [{"keyframes": [{"frame": 1, "bbox": {}}]}]}),

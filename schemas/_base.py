@@ -39,6 +39,16 @@ def exactly_one(model: BaseModel, first: str, second: str) -> None:
         )
 
 
+def at_least_one(model: BaseModel, first: str, second: str) -> None:
+    """Raise ``one_of_required`` when neither of two optional fields is set (both is fine)."""
+    if getattr(model, first) is None and getattr(model, second) is None:
+        raise PydanticCustomError(
+            "one_of_required",
+            "at least one of '{first}' or '{second}' is required (neither given)",
+            {"first": first, "second": second},
+        )
+
+
 class FeatureRef(Strict):
     """A reference to an ontology feature: exactly one of ``name`` or ``schema_id``."""
 

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 
 from pydantic_core import ErrorDetails
 
+from schemas.ndjson import SDK_SNAKE_CASE
+
 #: pydantic's built-in error types, mapped to our codes. Custom errors already carry their code.
 _BUILTIN: dict[str, str] = {
     "missing": "missing_field",
@@ -43,7 +45,7 @@ _ITEM_TAGS = frozenset(
     {
         *("radio", "checklist", "text", "bbox", "point", "polyline", "polygon", "mask"),
         *("scalar_metric", "confusion_matrix_metric", "line", "classification", "confusion_matrix"),
-        "not_an_object",
+        *("not_an_object", "unsupported_media"),
     }
 )
 _VALUE_TAGS = frozenset({"value", "thresholds"})
@@ -80,6 +82,7 @@ REASON_CODES = frozenset(
         "reserved_metric_name",
         "duplicate_uuid",
         "too_many_predictions",
+        "unsupported_media",
     }
 )
 
@@ -124,8 +127,15 @@ def _is_tag(previous: int | str | None, part: int | str) -> bool:
 
 def describe(error: ErrorDetails) -> str:
     """``path: message`` for one error (``predictions.0.bbox.width: Input should be …``)."""
-    path = field_path(error["loc"])
-    return f"{path}: {error['msg']}" if path else error["msg"]
+    loc = error["loc"]
+    path, message = field_path(loc), error["msg"]
+    key = loc[-1] if loc else None
+    if error["type"] == "extra_forbidden" and key in SDK_SNAKE_CASE and loc[0] == "ndjson":
+        message += (
+            f" ('{key}' is taken only inside an answer's classifications, where Labelbox's SDK writes it, "
+            f"and not together with '{SDK_SNAKE_CASE[str(key)]}')"
+        )
+    return f"{path}: {message}" if path else message
 
 
 def summarize(errors: Sequence[ErrorDetails], limit: int = 10) -> tuple[str, list[str]]:

@@ -25,6 +25,7 @@ from tests import factories
 from worker.convert import convert
 from worker.ontology import (
     CODES,
+    CONFLICTING_REFERENCE,
     MALFORMED_LINE,
     MISPLACED_CLASSIFICATION,
     UNKNOWN_ANSWER,
@@ -522,8 +523,79 @@ def test_lines_it_cannot_read_are_malformed_not_exceptions(body: Json, path: str
     assert (mismatch.code, mismatch.path) == (MALFORMED_LINE, path)
 
 
-def test_schema_id_wins_over_name() -> None:
-    assert ONTOLOGY.check({"name": "pg", "schemaId": sid("box"), "bbox": {}}) is None
+def test_a_name_that_disagrees_with_its_schema_id_is_a_conflict() -> None:
+    mismatch = found(ONTOLOGY.check({"name": "pg", "schemaId": sid("box"), "bbox": {}}))
+    assert (mismatch.code, mismatch.path) == (CONFLICTING_REFERENCE, "name")
+    assert mismatch.message == (
+        f"schemaId '{sid('box')}' is the rectangle tool 'box', but the name given with it is 'pg'; "
+        "give the feature's own name, or only one of the two"
+    )
+
+
+def test_with_both_the_schema_id_decides_the_feature() -> None:
+    # The schema id names the feature; its kind is checked as with the schema id alone.
+    wrong_tool = found(ONTOLOGY.check({"name": "pg", "schemaId": sid("pg"), "bbox": {}}))
+    assert (wrong_tool.code, wrong_tool.path) == (WRONG_TOOL_TYPE, "bbox")
+    unknown = found(ONTOLOGY.check({"name": "box", "schemaId": "clq8zzzzzzzzzzzzzzzzzzzzz", "bbox": {}}))
+    assert (unknown.code, unknown.path) == (UNKNOWN_FEATURE, "schemaId")
+
+
+def both_refs(by_name: Any, by_id: Any) -> Any:
+    """Two versions of one line, by name and by schema id, merged: both references everywhere."""
+    if isinstance(by_name, dict):
+        merged = {**by_name, **by_id}
+        shared = by_name.keys() & by_id.keys()
+        return {k: both_refs(by_name[k], by_id[k]) if k in shared else v for k, v in merged.items()}
+    if isinstance(by_name, list):
+        return [both_refs(a, b) for a, b in zip(by_name, by_id, strict=True)]
+    return by_name
+
+
+def with_both() -> list[Json]:
+    return [
+        both_refs(a, b)
+        for a, b in zip(bodies(*deep_predictions("name")), bodies(*deep_predictions("id")), strict=True)
+    ]
+
+
+def both_ref_places(value: Any, path: str = "") -> list[tuple[str, Json]]:
+    """Every object carrying both a name and a schemaId in a line, with its dotted path."""
+    found_here = [(path, value)] if isinstance(value, dict) and {"name", "schemaId"} <= value.keys() else []
+    children = (
+        value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    )
+    for key, child in children:
+        found_here += both_ref_places(child, f"{path}.{key}" if path else str(key))
+    return found_here
+
+
+def test_every_nesting_fits_with_both_name_and_schema_id() -> None:
+    lines = with_both()
+    by_id_everywhere = sum(len(both_ref_places(body)) for body in lines)
+    by_name = [str(body).count("'name': ") for body in bodies(*deep_predictions("name"))]
+    still_by_name = [str(body).count("'name': ") for body in bodies(*deep_predictions("id"))]
+    assert by_id_everywhere == sum(by_name) - sum(still_by_name) == 24  # tools, questions, answers; depth 2
+    message = MESSAGE_ADAPTER.validate_python({"model_run_id": "mr-1", "ndjson": lines})
+    passed = [line.body for line in convert(message)]  # the NDJSON format takes both, as given
+    assert passed == lines
+    assert [ONTOLOGY.check(body) for body in passed] == [None] * len(lines)
+
+
+def test_every_disagreeing_name_is_a_conflict_at_its_place() -> None:
+    checked = 0
+    for index, body in enumerate(with_both()):
+        for path, obj in both_ref_places(body):
+            changed = copy.deepcopy(with_both()[index])
+            target = changed
+            for key in filter(None, path.split(".")):
+                target = target[int(key)] if isinstance(target, list) else target[key]
+            target["name"] = "zz"
+            mismatch = found(ONTOLOGY.check(changed))
+            assert (mismatch.code, mismatch.path) == (CONFLICTING_REFERENCE, f"{path}.name".lstrip("."))
+            assert f"schemaId {obj['schemaId']!r} is the " in mismatch.message
+            assert f"{obj['name']!r}, but the name given with it is 'zz'" in mismatch.message
+            checked += 1
+    assert checked == 24
 
 
 # --- ontology variants -----------------------------------------------------------------------------

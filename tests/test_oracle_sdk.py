@@ -109,6 +109,7 @@ def box(**extra: Any) -> Json:
     }
 
 
+SDK_BBOX = {"top": 977.0, "left": 1690.0, "height": 330.0, "width": 225.0}
 SDK_BOX = lb.Rectangle(start=lb.Point(x=1690.0, y=977.0), end=lb.Point(x=1915.0, y=1307.0))
 
 
@@ -873,16 +874,57 @@ def test_ndjson_format_equals_typed_format_for_the_same_annotations() -> None:
     assert lines_of(message) == typed_lines
 
 
-def test_ndjson_format_rejects_sdk_bug_snake_case_keys() -> None:
-    # The NDJSON format takes Labelbox's camelCase shapes; a line straight from the SDK that carries
-    # SDK bug 1 keys (schema ids or custom metrics under an answer) is rejected, not silently altered.
-    annotation = sdk_radio("q", answer("a", classifications=nested_sdk(1, by_id=True)))
+def test_ndjson_format_takes_sdk_bug_snake_case_keys_and_emits_camel_case() -> None:
+    # A line straight from the SDK carries SDK bug 1 keys (schema ids and custom metrics under an
+    # answer); the NDJSON format takes it, as Labelbox's own SDK wrote it, and passes it on camelCase.
+    annotation = sdk_radio("q", answer("a", classifications=nested_sdk(2, by_id=True)))
     (line,) = sdk_lines([with_uuid(annotation, U1)], sdk_data(global_key=GK))
+    assert snake_keys_in(line) == {"schema_id", "custom_metrics"}
+    message = ndjson_message([line])
+    assert isinstance(message, NdjsonMessage), message
+    assert lines_of(message) == [camel_case_keys(line)]
+    assert lines_of(ndjson_message([camel_case_keys(line)])) == [camel_case_keys(line)]
+
+
+def test_ndjson_format_refuses_a_key_spelled_both_ways() -> None:
+    nested = {"schemaId": CUID, "schema_id": CUID, "answer": "x"}
+    line = {"dataRow": {"globalKey": GK}, "name": "q", "answer": {"name": "a", "classifications": [nested]}}
     rejection = ndjson_message([line])
     assert isinstance(rejection, Rejection)
     assert rejection.reason == "unknown_field"
-    assert rejection.errors[0].startswith("ndjson.0.answer.classifications.0.")
-    assert isinstance(ndjson_message([camel_case_keys(line)]), NdjsonMessage)
+    assert rejection.errors[0] == (
+        "ndjson.0.answer.classifications.0.schema_id: Extra inputs are not permitted ('schema_id' is taken "
+        "only inside an answer's classifications, where Labelbox's SDK writes it, and not together with "
+        "'schemaId')"
+    )
+    metrics = [{"name": "m", "value": 1.0}]
+    twice = {"name": "t", "answer": "x", "custom_metrics": metrics, "customMetrics": metrics}
+    rejection = ndjson_message([{**line, "answer": {"name": "a", "classifications": [twice]}}])
+    assert isinstance(rejection, Rejection)
+    assert rejection.reason == "unknown_field"
+    assert rejection.errors[0].startswith("ndjson.0.answer.classifications.0.custom_metrics: ")
+
+
+def test_ndjson_format_snake_case_only_where_the_sdk_writes_it() -> None:
+    # The SDK writes snake_case only inside an answer's classifications; elsewhere it stays unknown.
+    lines = [
+        {"dataRow": {"globalKey": GK}, "schema_id": CUID, "answer": "x"},
+        {"dataRow": {"globalKey": GK}, "name": "q", "answer": {"schema_id": CUID}},
+        {"dataRow": {"globalKey": GK}, "name": "box", "bbox": SDK_BBOX, "custom_metrics": []},
+        {
+            "dataRow": {"globalKey": GK},
+            "name": "box",
+            "bbox": SDK_BBOX,
+            "classifications": [{"schema_id": CUID, "answer": "x"}],
+        },
+    ]
+    paths = ["ndjson.0.schema_id", "ndjson.0.answer.schema_id", "ndjson.0.custom_metrics"]
+    paths.append("ndjson.0.classifications.0.schema_id")
+    for line, path in zip(lines, paths, strict=True):
+        rejection = ndjson_message([line])
+        assert isinstance(rejection, Rejection)
+        assert (rejection.reason, rejection.errors[0].split(":")[0]) == ("unknown_field", path)
+        assert "is taken only inside an answer's classifications" in rejection.errors[0]
 
 
 @pytest.mark.parametrize(

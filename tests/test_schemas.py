@@ -20,11 +20,13 @@ from schemas import (
     BBoxPrediction,
     DataRowRef,
     MaskPrediction,
+    NdjsonMessage,
     PredictionMessage,
     mask_from_array,
 )
 from schemas.masks import mask_to_rle_counts, rle_counts_from_string, rle_to_mask
 from tests.factories import bbox, every_type, message, png_b64, point, radio
+from worker.convert import convert
 from worker.decode import Rejection, decode
 
 Json = dict[str, Any]
@@ -282,6 +284,106 @@ def test_rule_rejects_with_reason_and_path(payload: Json, reason: str, path: str
     rejection = _reject(payload)
     assert rejection.reason == reason, rejection.errors
     assert rejection.errors[0].startswith(path), rejection.errors
+
+
+# --- the NDJSON format: name, schemaId or both; other media ------------------------------------------
+
+ROW = {"globalKey": "img-1.jpg"}
+REFS: dict[str, Json] = {
+    "name": {"name": "f"},
+    "schemaId": {"schemaId": "ckrb1sfkn099c0y910wbo0p1a"},
+    "both": {"name": "f", "schemaId": "ckrb1sfkn099c0y910wbo0p1a"},
+    "neither": {},
+}
+
+
+def nd_message(*lines: Json) -> Json:
+    return {"model_run_id": "mr-1", "ndjson": list(lines)}
+
+
+def under_answers(depth: int, leaf: Json) -> Json:
+    """A radio line whose answer nests radios ``depth`` levels deep, the innermost classification ``leaf``."""
+    node = leaf
+    for level in range(depth, 0, -1):
+        node = {"name": f"q{level}", "answer": {"name": f"a{level}", "classifications": [node]}}
+    return {"dataRow": ROW, **node}
+
+
+def nd_places(ref: Json) -> dict[str, tuple[Json, str]]:
+    """A line with ``ref`` at one place (everything else named): (line, path of that place)."""
+    box = {"dataRow": ROW, "bbox": {"top": 1, "left": 2, "height": 3, "width": 4}}
+    deep = "ndjson.0" + ".answer.classifications.0" * 3
+    return {
+        "object line": ({**box, **ref}, "ndjson.0"),
+        "classification line": ({"dataRow": ROW, **ref, "answer": "x"}, "ndjson.0"),
+        "radio answer": ({"dataRow": ROW, "name": "q", "answer": ref}, "ndjson.0.answer"),
+        "checklist answer": (
+            {"dataRow": ROW, "name": "q", "answer": [{"name": "a"}, ref]},
+            "ndjson.0.answer.1",
+        ),
+        "object classification": (
+            {**box, "name": "b", "classifications": [{**ref, "answer": "x"}]},
+            "ndjson.0.classifications.0",
+        ),
+        "depth 3 under answers": (under_answers(3, {**ref, "answer": "x"}), deep),
+        "depth 3 answer": (under_answers(3, {"name": "c", "answer": [ref]}), f"{deep}.answer.0"),
+    }
+
+
+@pytest.mark.parametrize("ref", ["name", "schemaId", "both"])
+@pytest.mark.parametrize("place", list(nd_places({})))
+def test_ndjson_takes_name_schema_id_or_both_anywhere_and_passes_them_on(ref: str, place: str) -> None:
+    line, _ = nd_places(REFS[ref])[place]
+    result = decode(orjson.dumps(nd_message(line)))
+    assert isinstance(result, NdjsonMessage), result
+    (out,) = convert(result)
+    assert {k: v for k, v in out.body.items() if k != "uuid"} == line
+
+
+@pytest.mark.parametrize("place", list(nd_places({})))
+def test_ndjson_needs_name_or_schema_id_anywhere(place: str) -> None:
+    line, path = nd_places(REFS["neither"])[place]
+    rejection = _reject(nd_message(line))
+    assert rejection.reason == "one_of_required", rejection.errors
+    assert rejection.errors[0] == f"{path}: at least one of 'name' or 'schemaId' is required (neither given)"
+
+
+def test_typed_format_keeps_exactly_one_reference() -> None:
+    for payload in (message(bbox(schema_id="ckabc")), message(radio(answer={"name": "a", "schema_id": "x"}))):
+        assert "(both given)" in _reject(payload).errors[0]
+
+
+def test_snake_case_hint_is_for_ndjson_lines_only() -> None:
+    typed = _reject(message(radio(custom_metrics=[])))
+    assert typed.errors == ["predictions.0.custom_metrics: Extra inputs are not permitted"]
+    line = {"dataRow": ROW, "name": "q", "answer": "x", "custom_metrics": []}
+    ndjson = _reject(nd_message(line))
+    assert ndjson.reason == "unknown_field"
+    assert ndjson.errors[0].endswith("where Labelbox's SDK writes it, and not together with 'customMetrics')")
+
+
+OTHER_MEDIA: list[tuple[str, Json]] = [
+    ("frames", {"name": "q", "answer": {"name": "a"}, "frames": [{"start": 1, "end": 5}]}),
+    ("segments", {"name": "b", "segments": [{"keyframes": [{"frame": 1, "bbox": {}}]}]}),
+    ("keyframe", {"name": "b", "keyframe": True, "bbox": {"top": 1, "left": 2, "height": 3, "width": 4}}),
+    ("location", {"name": "ner", "location": {"start": 0, "end": 4}}),
+    ("messageId", {"name": "ner", "location": {"start": 0, "end": 4}, "messageId": "m-1"}),
+    ("textSelections", {"name": "ner", "textSelections": [{"tokenIds": ["t"], "groupId": "g", "page": 1}]}),
+    (
+        "page",
+        {"name": "b", "bbox": {"top": 1, "left": 2, "height": 3, "width": 4}, "page": 1, "unit": "POINTS"},
+    ),
+    ("unit", {"name": "b", "bbox": {"top": 1, "left": 2, "height": 3, "width": 4}, "unit": "PERCENT"}),
+]
+
+
+@pytest.mark.parametrize(("key", "line"), OTHER_MEDIA, ids=[key for key, _ in OTHER_MEDIA])
+def test_ndjson_line_of_another_media_is_unsupported_media(key: str, line: Json) -> None:
+    good = {"dataRow": ROW, "name": "b", "point": point()}
+    rejection = _reject(nd_message(good, {"dataRow": ROW, **line}))
+    assert rejection.reason == "unsupported_media", rejection.errors
+    assert rejection.errors[0].startswith(f"ndjson.1: '{key}' belongs to ")
+    assert rejection.errors[0].endswith("annotations; this worker takes image data rows only")
 
 
 def test_more_than_5000_per_feature_is_rejected() -> None:

@@ -7,8 +7,10 @@ costs time in the size of the line, not of the ontology.
 What a line must satisfy (shared/LABELBOX.md sections 1 and 2):
 
 - its feature exists: ``schemaId`` is a tool's or classification's ``featureSchemaId``, or ``name`` its
-  ``name`` (a classification's ``instructions`` in older exports). ``schemaId`` wins if a line has both;
-  ``worker.sandbox.validate`` refuses such lines anyway;
+  ``name`` (a classification's ``instructions`` in older exports). A line (or answer, or nested
+  classification) may carry both, as Labelbox's SDK writes them for annotations taken from an export: then
+  the feature is the one ``schemaId`` names, and ``name`` must be that same feature's name (an option's
+  ``value``), or the reference is ``conflicting_reference`` at the ``name``;
 - its kind fits the feature: bbox -> rectangle, polygon -> polygon, point -> point, line -> line,
   mask -> raster-segmentation; an ``answer`` object -> radio (or the legacy dropdown), a list ->
   checklist, a string -> text. Other tools (named-entity, superpixel, edge, ...) fit no line;
@@ -24,7 +26,8 @@ What a line must satisfy (shared/LABELBOX.md sections 1 and 2):
 before its next sibling), or None. A ``Mismatch.path`` is dotted from the line to the value that does not
 fit: ``name``/``schemaId`` for a feature or answer that is unknown or misplaced (``answer.1.name``,
 ``classifications.0.answer.classifications.1.schemaId``), the payload key (``bbox``, ``answer``,
-``classifications.0.answer``) for a kind that does not fit, ``featureName`` for a metric.
+``classifications.0.answer``) for a kind that does not fit, ``name`` for a name that disagrees with its
+``schemaId``, ``featureName`` for a metric.
 
 Checking the line's shape is not this module's job (``schemas`` and the sandbox's validator do it); a line
 it cannot read gives ``malformed_line`` rather than an exception.
@@ -46,6 +49,8 @@ WRONG_CLASSIFICATION_TYPE: Final = "wrong_classification_type"
 UNKNOWN_ANSWER: Final = "unknown_answer"
 #: The classification exists in the ontology, but not under this parent (or not at the top level).
 MISPLACED_CLASSIFICATION: Final = "misplaced_classification"
+#: ``name`` and ``schemaId`` are both given and name different features (or ``name`` none).
+CONFLICTING_REFERENCE: Final = "conflicting_reference"
 #: The line cannot be read as an annotation (no payload key, no name/schemaId, answer of no known shape).
 MALFORMED_LINE: Final = "malformed_line"
 CODES: Final = frozenset(
@@ -55,6 +60,7 @@ CODES: Final = frozenset(
         WRONG_CLASSIFICATION_TYPE,
         UNKNOWN_ANSWER,
         MISPLACED_CLASSIFICATION,
+        CONFLICTING_REFERENCE,
         MALFORMED_LINE,
     }
 )
@@ -203,6 +209,8 @@ class Ontology:
         tool = self._tools.find(ref)
         if tool is None:
             return self._not_a_tool(ref, kind)
+        if (conflict := _conflict(body, tool.name, "", f"{tool.tool} tool")) is not None:
+            return conflict
         wanted = TOOL_FOR_KIND[kind]
         if tool.tool != wanted:
             message = f"feature {tool.name!r} is a {tool.tool} tool; a {kind} line needs a {wanted} tool"
@@ -233,7 +241,8 @@ class Ontology:
         question = scope.find(ref)
         if question is None:
             return self._not_here(ref, scope, prefix, parent)
-        return self._check_question(item, question, prefix)
+        conflict = _conflict(item, question.name, prefix, f"{question.type} classification")
+        return conflict or self._check_question(item, question, prefix)
 
     def _not_here(self, ref: Ref, scope: _Scope[_Question], prefix: str, parent: str) -> Mismatch:
         here = f"under {parent}" if parent else "at the top level"
@@ -285,6 +294,9 @@ class Ontology:
                 f"(options: {_listing(question.options.by_name)})"
             )
             return Mismatch(_join(path, ref[0]), UNKNOWN_ANSWER, message)
+        conflict = _conflict(answer, option.value, path, f"option of {question.type} {question.name!r}")
+        if conflict is not None:
+            return conflict
         nested = answer.get("classifications")
         return self._check_nested(
             nested, option.classifications, _join(path, "classifications"), option.chain
@@ -330,6 +342,21 @@ def _reference(obj: Mapping[str, Any]) -> Ref | None:
         if isinstance(value, str) and value:
             return key, value
     return None
+
+
+def _conflict(obj: Mapping[str, Any], feature: str, path: str, what: str) -> Mismatch | None:
+    """``conflicting_reference`` if ``obj`` names, besides its schemaId, another feature than ``feature``.
+
+    Called once the feature was found by ``_reference``: by schemaId when there is one.
+    """
+    name, schema_id = obj.get("name"), obj.get("schemaId")
+    if name is None or schema_id is None or name == feature:
+        return None
+    message = (
+        f"schemaId {schema_id!r} is the {what} {feature!r}, but the name given with it is {name!r}; "
+        "give the feature's own name, or only one of the two"
+    )
+    return Mismatch(_join(path, "name"), CONFLICTING_REFERENCE, message)
 
 
 def _no_reference(path: str) -> Mismatch:

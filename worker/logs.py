@@ -17,9 +17,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import orjson
+
+if TYPE_CHECKING:
+    from worker.settings import LogSettings
 
 _CONTEXT = "ctx"
 #: The worker's own loggers are ``worker`` and ``worker.*``; every other logger is a library's.
@@ -155,6 +158,16 @@ def configure(
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, root.level))
     atexit.unregister(flush_repeats)  # once, however often configure() is called
     atexit.register(flush_repeats)  # runs before logging's own exit hook (registered earlier)
+
+
+def configure_logs(settings: LogSettings) -> None:
+    """:func:`configure` for a command: its stdout is its output, so logs go to stderr."""
+    configure(
+        settings.log_level,
+        settings.log_format,
+        repeat_interval_s=settings.log_repeat_interval_s,
+        stream=sys.stderr,
+    )
 
 
 def flush_repeats() -> None:

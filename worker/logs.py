@@ -15,6 +15,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TextIO
@@ -29,6 +30,8 @@ _CONTEXT = "ctx"
 _OWN_LOGGER = "worker"
 #: The worker's events that repeat for as long as a dependency is down; folded like a library's records.
 REPEATING_EVENTS = frozenset({"commit_failed", "dlq_write_retry", "labelbox_retry", "ontology_fetch_retry"})
+#: Lines one library may write per interval (see :class:`RepeatFolder`).
+LIBRARY_LINES_PER_INTERVAL = 3
 #: Distinct repeat keys remembered; library messages that are not templates could otherwise grow it.
 _MAX_KEYS = 1024
 
@@ -75,8 +78,9 @@ def _is_own(record: logging.LogRecord) -> bool:
 
 @dataclass(slots=True)
 class _Repeat:
-    passed_at: float  # when the last line of this key was written
-    suppressed: int = 0  # records of this key dropped since then
+    since: float  # when the current count began (this key's last line, or its first record)
+    written_at: float | None = None  # when this key's last line was written; None: not yet
+    suppressed: int = 0  # records of this key dropped since ``since``
     level: int = logging.WARNING
     message: str = ""
 
@@ -89,38 +93,74 @@ class RepeatFolder(logging.Filter):
     name of the worker's own records), so "cannot connect to node 1" and "… node 2" are one key. The
     first record of a key passes; later ones within ``interval_s`` of the last one that passed are
     dropped and counted; the next one after that passes with ``suppressed=<count>`` and
-    ``suppressed_over_s``. ``interval_s`` 0 folds nothing. Thread-safe; never blocks on I/O.
+    ``suppressed_over_s``.
+
+    A library (top-level logger, e.g. ``aiokafka``) writes at most ``library_lines`` lines per
+    ``interval_s``: a lost broker connection is reported by a dozen code paths of the Kafka client at
+    once, each with its own message. A key held back by that budget is counted like a repeat and
+    passes, with its count, at its next record once the library may write again (or at exit).
+    ``interval_s`` 0 folds nothing. Thread-safe; never blocks on I/O.
     """
 
-    def __init__(self, interval_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        interval_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        library_lines: int = LIBRARY_LINES_PER_INTERVAL,
+    ) -> None:
         super().__init__()
         self.interval_s = interval_s
         self._clock = clock
+        self._library_lines = library_lines
         self._repeats: dict[tuple[str, str], _Repeat] = {}
+        self._written: dict[str, deque[float]] = {}  # per library: when its recent lines were written
         self._lock = threading.Lock()
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.interval_s <= 0 or (_is_own(record) and str(record.msg) not in REPEATING_EVENTS):
+        own = _is_own(record)
+        if self.interval_s <= 0 or (own and str(record.msg) not in REPEATING_EVENTS):
             return True
         key, now = (record.name, str(record.msg)), self._clock()
         with self._lock:
             seen = self._repeats.get(key)
-            if seen is not None and now - seen.passed_at < self.interval_s:
-                seen.suppressed += 1
-                seen.level, seen.message = record.levelno, record.getMessage()
+            passes = self._due(seen, now) and (own or self._library_may_write(record.name, now))
+            if not passes:
+                self._count(key, seen, record, now)
                 return False
-            if len(self._repeats) >= _MAX_KEYS:
-                self._forget_oldest()
-            self._repeats[key] = _Repeat(passed_at=now)
+            self._remember(key, _Repeat(since=now, written_at=now))
         if seen is not None and seen.suppressed:
-            extra = {"suppressed": seen.suppressed, "suppressed_over_s": round(now - seen.passed_at, 1)}
+            extra = {"suppressed": seen.suppressed, "suppressed_over_s": round(now - seen.since, 1)}
             setattr(record, _CONTEXT, {**getattr(record, _CONTEXT, {}), **extra})
         return True
 
-    def _forget_oldest(self) -> None:
-        by_age = sorted(self._repeats, key=lambda key: self._repeats[key].passed_at)
-        for key in by_age[: len(by_age) // 2]:
-            del self._repeats[key]
+    def _due(self, seen: _Repeat | None, now: float) -> bool:
+        return seen is None or seen.written_at is None or now - seen.written_at >= self.interval_s
+
+    def _library_may_write(self, logger: str, now: float) -> bool:
+        written = self._written.setdefault(logger.partition(".")[0], deque())
+        while written and now - written[0] >= self.interval_s:
+            written.popleft()
+        if len(written) >= self._library_lines:
+            return False
+        written.append(now)
+        return True
+
+    def _count(
+        self, key: tuple[str, str], seen: _Repeat | None, record: logging.LogRecord, now: float
+    ) -> None:
+        if seen is None:
+            seen = self._remember(key, _Repeat(since=now))
+        seen.suppressed += 1
+        seen.level, seen.message = record.levelno, record.getMessage()
+
+    def _remember(self, key: tuple[str, str], repeat: _Repeat) -> _Repeat:
+        if key not in self._repeats and len(self._repeats) >= _MAX_KEYS:
+            by_age = sorted(self._repeats, key=lambda known: self._repeats[known].since)
+            for known in by_age[: len(by_age) // 2]:
+                del self._repeats[known]
+        self._repeats[key] = repeat
+        return repeat
 
     def take_pending(self) -> list[logging.LogRecord]:
         """One record per key with suppressed repeats not reported yet (and forget them): for exit."""
@@ -131,7 +171,7 @@ class RepeatFolder(logging.Filter):
         records = []
         for (name, _), seen in pending:
             record = logging.LogRecord(name, seen.level, __file__, 0, seen.message, None, None)
-            extra = {"suppressed": seen.suppressed, "suppressed_over_s": round(now - seen.passed_at, 1)}
+            extra = {"suppressed": seen.suppressed, "suppressed_over_s": round(now - seen.since, 1)}
             setattr(record, _CONTEXT, extra)
             records.append(record)
         return records
@@ -176,4 +216,13 @@ def flush_repeats() -> None:
         for folder in handler.filters:
             if isinstance(folder, RepeatFolder):
                 for record in folder.take_pending():
-                    handler.handle(record)  # not via the filter: these lines are the summary
+                    _emit_unfiltered(handler, record)
+
+
+def _emit_unfiltered(handler: logging.Handler, record: logging.LogRecord) -> None:
+    """``handler.handle`` without the handler's filters (the folder would hold the summary back)."""
+    handler.acquire()
+    try:
+        handler.emit(record)
+    finally:
+        handler.release()

@@ -248,8 +248,9 @@ class Pipeline:
         """Readiness: a metadata request every few seconds tells whether the brokers answer.
 
         An outage is logged twice: ``broker_unreachable`` at the first failed check and
-        ``broker_reachable`` with its duration at the next good one; the Kafka client's own errors in
-        between are folded by ``worker.logs``. Runs until cancelled by the drain.
+        ``broker_reachable`` with its duration at the next good one (checked every second meanwhile);
+        the Kafka client's own errors in between are folded by ``worker.logs``. Runs until cancelled
+        by the drain.
         """
         unreachable_since = 0.0
         while True:
@@ -268,7 +269,8 @@ class Pipeline:
                     log.warning("broker_unreachable", extra=ctx(error=error))
                 self._broker_ok = ok
             self.health()  # keeps the lbworker_ready gauge current without a probe
-            await asyncio.sleep(_BROKER_CHECK_EVERY_S)
+            # Every second while unreachable: ready again (and the outage's end logged) promptly.
+            await asyncio.sleep(_BROKER_CHECK_EVERY_S if ok else 1.0)
 
     # --- 1. fetch ------------------------------------------------------------------------------
 
@@ -694,9 +696,9 @@ class Pipeline:
         await _cancel(self._stages["commit"])
         await _cancel(self._stages["broker_check"])
         # The last commit, shielded from cancellation, bounded: with the broker gone it would wait
-        # for a group coordinator for ever.
+        # for a group coordinator for ever. The deadline's last second is left for closing the clients.
         final_commit = asyncio.ensure_future(self.commit())
-        await asyncio.wait({final_commit}, timeout=max(1.0, deadline - self._clock()))
+        await asyncio.wait({final_commit}, timeout=max(1.0, deadline - 1.0 - self._clock()))
         await _cancel(final_commit)
         uncommitted = {
             tp: t.commit_offset - t.committed for tp, t in self._trackers.items() if t.needs_commit()

@@ -103,8 +103,10 @@ class Service:
             log.info("metrics_serving", extra=ctx(port=ops.port))
             return await pipeline.run()
         finally:
-            await self._stop_client("consumer", consumer.stop(), pipeline)
-            await self._stop_client("producer", producer.stop(), pipeline)
+            await asyncio.gather(
+                self._stop_client("consumer", consumer.stop(), pipeline),
+                self._stop_client("producer", producer.stop(), pipeline),
+            )
             await ops.stop()
 
     async def _stop_client(self, client: str, stop: Awaitable[None], pipeline: Pipeline) -> None:

@@ -57,6 +57,7 @@ from schemas import (
 )
 from worker.embedded import EmbeddedBroker, create_topics, free_port, spawn_child
 from worker.logs import configure
+from worker.settings import OWN_PREFIXES
 
 MODEL_RUNS = ("demo-run-detector-v1", "demo-run-detector-v2", "demo-run-segmenter", "demo-run-classifier")
 MESSAGES = 3000
@@ -253,7 +254,10 @@ class Progress:
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return spawn_child([sys.executable, *args], env={**os.environ, **env})
+    """A Python child with ``env`` and the demo's environment minus the worker's own settings: the
+    demo sets all it needs, and a stray ``LOG_DIR`` in a shell would make the worker refuse to start."""
+    inherited = {name: value for name, value in os.environ.items() if not name.startswith(OWN_PREFIXES)}
+    return spawn_child([sys.executable, *args], env={**inherited, **env})
 
 
 async def _stop(process: subprocess.Popen[bytes] | None, timeout_s: float) -> int | None:

@@ -565,4 +565,7 @@ def main() -> int:
 
         return service.main()
     configure("INFO", "text")  # the demo's own Kafka clients log as the worker does
-    return asyncio.run(_demo())
+    try:
+        return asyncio.run(_demo())
+    except KeyboardInterrupt:  # Ctrl-C before the demo's handlers were in place: nothing started yet
+        return 130

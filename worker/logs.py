@@ -5,7 +5,8 @@ Prediction payloads and the API key are never passed to a logger.
 
 Repeats are folded (:class:`RepeatFolder`): while a broker or Labelbox is down, the Kafka client and
 the worker's retry loops say the same thing many times a second; the first line is written, then at
-most one per ``LOG_REPEAT_INTERVAL_S`` carrying how many were suppressed since the previous one.
+most one per ``LOG_REPEAT_INTERVAL_S`` carrying how many were suppressed since the previous one, and a
+library writes at most three lines per interval.
 """
 
 from __future__ import annotations
@@ -200,7 +201,7 @@ def configure(
     atexit.register(flush_repeats)  # runs before logging's own exit hook (registered earlier)
 
 
-def configure_logs(settings: LogSettings) -> None:
+def configure_command_logs(settings: LogSettings) -> None:
     """:func:`configure` for a command: its stdout is its output, so logs go to stderr."""
     configure(
         settings.log_level,

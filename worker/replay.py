@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from worker.dlq import H_MODEL_RUN, H_REASON, H_REPLAYS, replay_count
-from worker.logs import configure_logs
+from worker.logs import configure_command_logs
 from worker.pipeline import EXIT_OK, EXIT_SETTINGS
 from worker.settings import KafkaSettings, SettingsError
 from worker.source import make_producer, make_reader
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return EXIT_SETTINGS
-    configure_logs(settings)
+    configure_command_logs(settings)
     selection = Selection(args.reason, args.model_run_id, args.limit, args.max_replays)
     report = asyncio.run(replay(settings, selection, dry_run=args.dry_run))
     print("\n".join(report.lines(args.dry_run)))

@@ -13,6 +13,7 @@ from tests.factories import bbox, message
 from tests.kafka_helpers import produce, read_all
 from tests.worker_harness import make_topics, running, settings_for, wait_committed
 from worker.dlq import H_MODEL_RUN, H_REASON, H_REPLAYS
+from worker.embedded import free_port
 from worker.replay import Selection, replay
 from worker.sandbox import Sandbox
 from worker.settings import KafkaSettings
@@ -122,3 +123,25 @@ def test_command_line(bootstrap: str, topic: str) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert b"scanned 1 DLQ records; would replay 1" in done.stdout
+
+
+def test_command_line_without_a_broker_says_so_in_one_line() -> None:
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}",  # nothing listens there
+        "LOG_FORMAT": "text",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "replay-dlq", "--dry-run"],
+        env=env,
+        capture_output=True,
+        timeout=120,
+        check=False,
+        text=True,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert "Traceback" not in done.stderr
+    assert "Unclosed" not in done.stderr, "the consumer is closed"
+    assert done.stderr.splitlines()[-1].startswith("worker: replay-dlq stopped: KafkaConnectionError")
+    assert "logger=aiokafka" in done.stderr, "the Kafka client logs through the project's format"

@@ -18,6 +18,7 @@ def test_defaults() -> None:
     assert settings.kafka_dlq_topic == "predictions.dlq"
     assert settings.labelbox_graphql_url == "https://api.labelbox.com/graphql"
     assert settings.kafka_security_protocol == "PLAINTEXT"
+    assert settings.log_repeat_interval_s == 30.0
 
 
 @pytest.mark.parametrize(
@@ -32,6 +33,8 @@ def test_defaults() -> None:
         ({"LABELBOX_GRAPHQL_URL": "ftp://x"}, "LABELBOX_GRAPHQL_URL"),
         ({"BATCH_MAX_ROW": "10"}, "BATCH_MAX_ROW"),  # a misspelling is an error, not ignored
         ({"KAFKA_DLQ_TOPIC": "predictions"}, "KAFKA_DLQ_TOPIC"),
+        ({"LOG_REPEAT_INTERVAL_S": "-1"}, "LOG_REPEAT_INTERVAL_S"),
+        ({"LOG_REPEAT_INTERVAL": "10"}, "LOG_REPEAT_INTERVAL"),  # LOG_ is one of the worker's prefixes
     ],
 )
 def test_bad_values_name_the_variable(extra: dict[str, str], named: str) -> None:

@@ -22,6 +22,7 @@ import orjson
 from worker.convert import convert
 from worker.decode import Rejection, decode
 from worker.labelbox import AuthenticationError, LabelboxClient, LabelboxError
+from worker.logs import configure_command_logs
 from worker.ontology import Ontology
 from worker.pipeline import EXIT_AUTH, EXIT_OK, EXIT_SETTINGS
 from worker.settings import LabelboxSettings, SettingsError
@@ -183,6 +184,7 @@ def main(command: str, argv: list[str], out: TextIO = sys.stdout) -> int:
     except SettingsError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return EXIT_SETTINGS
+    configure_command_logs(settings)
     try:
         return asyncio.run(_dispatch(command, settings, args, out))
     except AuthenticationError as exc:

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +29,7 @@ import aiohttp
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
 from schemas import (
@@ -54,7 +55,9 @@ from schemas import (
     TextPrediction,
     mask_from_array,
 )
-from worker.embedded import EmbeddedBroker, create_topics, free_port
+from worker.embedded import EmbeddedBroker, create_topics, free_port, spawn_child
+from worker.logs import configure
+from worker.settings import OWN_PREFIXES
 
 MODEL_RUNS = ("demo-run-detector-v1", "demo-run-detector-v2", "demo-run-segmenter", "demo-run-classifier")
 MESSAGES = 3000
@@ -237,6 +240,11 @@ def demo_records(count: int, seed: int = 7) -> Iterator[tuple[bytes, bytes]]:
 
 # --- running it ----------------------------------------------------------------------------------
 
+#: The worker's drain on Ctrl-C: short, while the broker and the local server are still up.
+WORKER_SHUTDOWN_TIMEOUT_S = 5.0
+#: How long the summary may take to gather its figures from the broker and the local server.
+SUMMARY_TIMEOUT_S = 10.0
+
 
 @dataclass
 class Progress:
@@ -246,18 +254,106 @@ class Progress:
 
 
 def _spawn(args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, *args], env={**os.environ, **env})
+    """A Python child with ``env`` and the demo's environment minus the worker's own settings: the
+    demo sets all it needs, and a stray ``LOG_DIR`` in a shell would make the worker refuse to start."""
+    inherited = {name: value for name, value in os.environ.items() if not name.startswith(OWN_PREFIXES)}
+    return spawn_child([sys.executable, *args], env={**inherited, **env})
 
 
-def _stop(process: subprocess.Popen[bytes] | None) -> int | None:
-    if process is None or process.poll() is not None:
-        return None if process is None else process.returncode
-    process.send_signal(signal.SIGTERM)
-    try:
-        return process.wait(timeout=40)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        return process.wait(timeout=10)
+async def _stop(process: subprocess.Popen[bytes] | None, timeout_s: float) -> int | None:
+    """SIGTERM, wait up to ``timeout_s`` (without blocking the event loop), then SIGKILL."""
+    if process is None:
+        return None
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+    for _ in range(int(timeout_s / 0.05)):
+        if process.poll() is not None:
+            return process.returncode
+        await asyncio.sleep(0.05)
+    process.kill()
+    return process.wait(timeout=5)
+
+
+class Signals:
+    """Ctrl-C (SIGINT) or SIGTERM: the first calls ``first``, any later one ``again``.
+
+    The children run in their own sessions (``spawn_child``), so a terminal's Ctrl-C reaches the
+    demo alone and the demo decides the order in which they stop.
+    """
+
+    HANDLED = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, first: Callable[[], object], again: Callable[[], object]) -> None:
+        self._first, self._again = first, again
+        self.received: int | None = None  # the first signal's number
+
+    def __enter__(self) -> Signals:
+        loop = asyncio.get_running_loop()
+        for signum in self.HANDLED:
+            loop.add_signal_handler(signum, self._on_signal, signum)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        loop = asyncio.get_running_loop()
+        for signum in self.HANDLED:
+            loop.remove_signal_handler(signum)
+
+    def _on_signal(self, signum: int) -> None:
+        if self.received is None:
+            self.received = signum
+            self._first()
+        else:
+            self._again()
+
+
+class Demo:
+    """The demo's processes (broker, local Labelbox-compatible server, worker) and its producer."""
+
+    def __init__(self) -> None:
+        self.broker = EmbeddedBroker()
+        self.sandbox: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.base = ""
+        self.progress = Progress()
+
+    async def stream(self) -> bool:
+        """Start everything, produce, follow the commits; True when all was committed in time."""
+        self.broker.start()
+        await create_topics(self.broker.bootstrap, {TOPIC: PARTITIONS, DLQ_TOPIC: 1})
+        port = free_port()
+        self.base = f"http://127.0.0.1:{port}"
+        # Membership required, as by Labelbox: the worker registers the data rows (ENSURE_DATA_ROWS).
+        sandbox_args = ["--port", str(port), "--processing-delay-s", "0.5", "--require-data-row-membership"]
+        self.sandbox = _spawn(["-m", "worker.sandbox", *sandbox_args], {"SANDBOX_API_KEY": API_KEY})
+        await _wait_http(f"{self.base}/_sandbox/counts")
+        await _load_ontologies(self.base)
+        self.worker = _spawn(["-m", "worker", "run"], _worker_env(self.broker.bootstrap, self.base))
+        print(
+            f"broker {self.broker.bootstrap}, Labelbox-compatible server {self.base}, "
+            f"worker pid {self.worker.pid} (Ctrl-C stops the demo with a summary)",
+            flush=True,
+        )
+        self.progress = Progress()
+        async with asyncio.TaskGroup() as tasks:  # cancelling the demo cancels the producer too
+            producing = tasks.create_task(_produce(self.broker.bootstrap, self.progress))
+            return await _follow(self.broker.bootstrap, self.base, producing, self.progress)
+
+    async def stop_worker(self) -> int | None:
+        """SIGTERM: the worker drains and commits while the broker and the server are still up."""
+        return await _stop(self.worker, WORKER_SHUTDOWN_TIMEOUT_S + 5.0)
+
+    async def stop_servers(self) -> None:
+        await _stop(self.sandbox, 10.0)
+        self.broker.stop()
+
+    def kill_at_once(self) -> None:
+        """A second Ctrl-C: SIGKILL every process now, exit 130 without a summary."""
+        for process in (self.worker, self.sandbox):
+            if process is not None and process.poll() is None:
+                process.kill()
+        self.broker.kill()
+        print("\nstopped at once (second interrupt): no summary", flush=True)
+        os._exit(130)
 
 
 async def _wait_http(url: str, timeout_s: float = 30.0) -> None:
@@ -316,7 +412,7 @@ def _imported(counts: dict[str, dict[str, int]]) -> int:
 
 
 async def _follow(
-    bootstrap: str, base: str, ends: asyncio.Future[dict[int, int]], progress: Progress
+    bootstrap: str, base: str, producing: asyncio.Task[dict[int, int]], progress: Progress
 ) -> bool:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=GROUP, enable_auto_commit=False)
     await consumer.start()
@@ -334,7 +430,7 @@ async def _follow(
                     f"predictions in Labelbox {imported:6d}",
                     flush=True,
                 )
-                if ends.done() and all(committed.get(p, 0) >= end for p, end in ends.result().items()):
+                if producing.done() and all(committed.get(p, 0) >= e for p, e in producing.result().items()):
                     return True
     finally:
         await consumer.stop()
@@ -342,28 +438,45 @@ async def _follow(
 
 
 async def _dead_letters(bootstrap: str) -> Counter[str]:
-    consumer = AIOKafkaConsumer(DLQ_TOPIC, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+    """Dead-letter reasons, read from the beginning of the DLQ to its high watermark (bounded)."""
+    partition = TopicPartition(DLQ_TOPIC, 0)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest")
     await consumer.start()
     reasons: Counter[str] = Counter()
     try:
-        for _ in range(10):
-            batch = await consumer.getmany(timeout_ms=300)
-            for records in batch.values():
-                for record in records:
-                    reasons[dict(record.headers).get("dlq.reason", b"?").decode()] += 1
+        consumer.assign([partition])
+        for _ in range(50):
+            batch = await consumer.getmany(partition, timeout_ms=200)
+            for record in batch.get(partition, []):
+                reasons[dict(record.headers).get("dlq.reason", b"?").decode()] += 1
+            end = consumer.highwater(partition)
+            if end is not None and await consumer.position(partition) >= end:
+                break
     finally:
         await consumer.stop()
     return reasons
 
 
-async def _summary(bootstrap: str, base: str, progress: Progress, finished: bool) -> None:
+async def _final_committed(bootstrap: str) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=GROUP, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        return sum((await _committed(consumer)).values())
+    finally:
+        await consumer.stop()
+
+
+async def _summary(demo: Demo, outcome: str, worker_status: int | None) -> None:
+    """Print what was done (so far): every figure read from the broker and the local server."""
+    progress = demo.progress
     elapsed = time.monotonic() - progress.started
-    async with aiohttp.ClientSession() as session:
-        counts = await _sandbox_counts(session, base)
-    reasons = await _dead_letters(bootstrap)
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        counts = await _sandbox_counts(session, demo.base)
+    committed = await _final_committed(demo.broker.bootstrap)
+    reasons = await _dead_letters(demo.broker.bootstrap)
     print("\n=== summary ===")
-    print(f"finished: {'yes' if finished else 'NO (timed out)'} in {elapsed:.1f} s")
-    print(f"messages produced and consumed: {progress.sent} (committed: {progress.committed})")
+    print(f"finished: {outcome} in {elapsed:.1f} s")
+    print(f"messages produced: {progress.sent}, consumed and committed: {committed}")
     for run, run_counts in sorted(counts.items()):
         if isinstance(run_counts, dict):
             print(f"  {run}: {run_counts.get('rows', 0)} predictions imported")
@@ -371,40 +484,50 @@ async def _summary(bootstrap: str, base: str, progress: Progress, finished: bool
     print(f"dead-lettered: {sum(reasons.values())} {dict(reasons)}")
     rate, imported_rate = progress.sent / elapsed, _imported(counts) / elapsed
     print(f"throughput: {rate:.0f} messages/s, {imported_rate:.0f} predictions/s (wall clock, with start-up)")
+    print(f"worker exited with status {worker_status}", flush=True)
 
 
 async def _demo() -> int:
-    broker = EmbeddedBroker()
-    sandbox = worker = None
+    """Run the demo; on Ctrl-C stop in order (producer, worker, server, broker) and exit 130."""
+    demo = Demo()
+    streaming = asyncio.create_task(demo.stream())
+    with Signals(first=streaming.cancel, again=demo.kill_at_once) as signals:
+        try:
+            finished = await _until_done_or_interrupted(streaming)
+            if signals.received is not None:
+                print(
+                    "\ninterrupted: stopping the producer, then the worker (it commits), then the servers;"
+                    " Ctrl-C again stops at once",
+                    flush=True,
+                )
+            worker_status = await demo.stop_worker()
+            outcome = _outcome(finished, signals.received)
+            try:
+                await asyncio.wait_for(_summary(demo, outcome, worker_status), SUMMARY_TIMEOUT_S)
+            except (TimeoutError, OSError, KafkaError, aiohttp.ClientError) as exc:
+                print(f"\n=== summary ===\nfinished: {outcome}; figures unavailable: {exc!r}", flush=True)
+        finally:
+            await _stop(demo.worker, 1.0)  # only if the start-up failed before stop_worker
+            await demo.stop_servers()
+    if signals.received is not None:
+        return 128 + signals.received
+    return 0 if finished else 1
+
+
+async def _until_done_or_interrupted(streaming: asyncio.Task[bool]) -> bool:
+    """The stream's result; False when it was cancelled by a signal."""
     try:
-        broker.start()
-        await create_topics(broker.bootstrap, {TOPIC: PARTITIONS, DLQ_TOPIC: 1})
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        sandbox = _spawn(
-            ["-m", "worker.sandbox", "--port", str(port), "--processing-delay-s", "0.5"],
-            {"SANDBOX_API_KEY": API_KEY},
-        )
-        await _wait_http(f"{base}/_sandbox/counts")
-        await _load_ontologies(base)
-        worker = _spawn(["-m", "worker", "run"], _worker_env(broker.bootstrap, base))
-        print(
-            f"broker {broker.bootstrap}, Labelbox-compatible server {base}, worker pid {worker.pid}",
-            flush=True,
-        )
-        progress = Progress()
-        ends: asyncio.Future[dict[int, int]] = asyncio.get_running_loop().create_future()
-        producing = asyncio.create_task(_produce(broker.bootstrap, progress))
-        producing.add_done_callback(lambda t: ends.set_result(t.result()) if not t.exception() else None)
-        finished = await _follow(broker.bootstrap, base, ends, progress)
-        await producing
-        await _summary(broker.bootstrap, base, progress, finished)
-        return 0 if finished else 1
-    finally:
-        status = _stop(worker)
-        print(f"worker exited with status {status}")
-        _stop(sandbox)
-        broker.stop()
+        return await streaming
+    except asyncio.CancelledError:
+        if not streaming.cancelled():  # the demo itself was cancelled, not the stream
+            raise
+        return False
+
+
+def _outcome(finished: bool, signum: int | None) -> str:
+    if finished:
+        return "yes"
+    return "NO (timed out)" if signum is None else f"NO (interrupted by {signal.Signals(signum).name})"
 
 
 async def _load_ontologies(base: str) -> None:
@@ -428,6 +551,8 @@ def _worker_env(bootstrap: str, base: str) -> dict[str, str]:
         "BATCH_LINGER_S": "1.0",
         "METRICS_PORT": str(free_port()),
         "KAFKA_SESSION_TIMEOUT_MS": "6000",  # the embedded broker holds a group join for half of it
+        "ENSURE_DATA_ROWS": "true",  # Labelbox refuses predictions on data rows outside the model run
+        "SHUTDOWN_TIMEOUT_S": str(WORKER_SHUTDOWN_TIMEOUT_S),
         "LOG_FORMAT": "text",
         "LOG_LEVEL": "INFO",
     }
@@ -439,4 +564,8 @@ def main() -> int:
         from worker import service
 
         return service.main()
-    return asyncio.run(_demo())
+    configure("INFO", "text")  # the demo's own Kafka clients log as the worker does
+    try:
+        return asyncio.run(_demo())
+    except KeyboardInterrupt:  # Ctrl-C before the demo's handlers were in place: nothing started yet
+        return 130

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import socket
 import subprocess
+import sys
 import time
 from types import TracebackType
+from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
@@ -21,6 +24,32 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
+
+
+#: Runs in a fresh interpreter between fork and the real program: asks Linux to SIGKILL this
+#: process when its parent ends (PR_SET_PDEATHSIG = 1, kept across exec), then execs the program.
+#: A launcher rather than a ``preexec_fn``, which is unsafe in a process with threads.
+_LAUNCHER = """
+import ctypes, os, signal, sys
+prctl = getattr(ctypes.CDLL(None, use_errno=True), "prctl", None)
+if prctl is not None and prctl(1, signal.SIGKILL, 0, 0, 0) != 0:
+    sys.exit(f"prctl(PR_SET_PDEATHSIG): {os.strerror(ctypes.get_errno())}")
+if os.getppid() != int(sys.argv[1]):
+    sys.exit(1)  # the parent ended before prctl
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+def spawn_child(command: list[str], **options: Any) -> subprocess.Popen[bytes]:
+    """Start ``command`` (an absolute path first) in its own session, ended when this process ends.
+
+    Its own session: a terminal's Ctrl-C (SIGINT to the foreground process group) reaches this
+    process alone, which stops its children in its own order. Ended with this process: Linux sends
+    the child SIGKILL when the *thread* that started it exits, so call this from the main thread.
+    ``options`` go to :class:`subprocess.Popen`.
+    """
+    launcher = [sys.executable, "-I", "-c", _LAUNCHER, str(os.getpid())]
+    return subprocess.Popen([*launcher, *command], start_new_session=True, **options)
 
 
 def broker_binary() -> str:
@@ -35,7 +64,10 @@ def broker_binary() -> str:
 
 
 class EmbeddedBroker:
-    """A Tansu broker process on 127.0.0.1. ``with EmbeddedBroker() as b: b.bootstrap``."""
+    """A Tansu broker process on 127.0.0.1. ``with EmbeddedBroker() as b: b.bootstrap``.
+
+    Started with :func:`spawn_child`: it ends with this process, even a killed one.
+    """
 
     def __init__(self, port: int | None = None, log_path: str | None = None) -> None:
         self.port = port or free_port()
@@ -50,7 +82,7 @@ class EmbeddedBroker:
         url = f"tcp://127.0.0.1:{self.port}"
         command = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url]
         output = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
-        self._process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
+        self._process = spawn_child(command, stdout=output, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
@@ -70,6 +102,13 @@ class EmbeddedBroker:
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+    def kill(self) -> None:
+        """SIGKILL the process now (idempotent)."""
+        if self._process is not None:
+            process, self._process = self._process, None
             process.kill()
             process.wait(timeout=10)
 

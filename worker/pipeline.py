@@ -252,18 +252,32 @@ class Pipeline:
         }
 
     async def _broker_check_loop(self) -> None:
-        """Readiness: a metadata request every few seconds tells whether the brokers answer."""
+        """Readiness: a metadata request every few seconds tells whether the brokers answer.
+
+        An outage is logged twice: ``broker_unreachable`` at the first failed check and
+        ``broker_reachable`` with its duration at the next good one (checked every second meanwhile);
+        the Kafka client's own errors in between are folded by ``worker.logs``. Runs until cancelled
+        by the drain.
+        """
+        unreachable_since = 0.0
         while True:
+            checked_at = self._clock()
             try:
                 await asyncio.wait_for(self._consumer.topics(), timeout=_BROKER_CHECK_TIMEOUT_S)
                 ok = True
-            except (TimeoutError, KafkaError):
-                ok = False
+            except (TimeoutError, KafkaError) as exc:
+                ok, error = False, str(exc) or type(exc).__name__
             if ok != self._broker_ok:
-                log.warning("broker_reachable" if ok else "broker_unreachable")
+                if ok:
+                    outage_s = round(self._clock() - unreachable_since, 1)
+                    log.warning("broker_reachable", extra=ctx(outage_s=outage_s))
+                else:
+                    unreachable_since = checked_at
+                    log.warning("broker_unreachable", extra=ctx(error=error))
                 self._broker_ok = ok
             self.health()  # keeps the lbworker_ready gauge current without a probe
-            await asyncio.sleep(_BROKER_CHECK_EVERY_S)
+            # Every second while unreachable: ready again (and the outage's end logged) promptly.
+            await asyncio.sleep(_BROKER_CHECK_EVERY_S if ok else 1.0)
 
     # --- 1. fetch ------------------------------------------------------------------------------
 
@@ -712,7 +726,19 @@ class Pipeline:
             await _cancel(task)
         await _cancel(self._stages["commit"])
         await _cancel(self._stages["broker_check"])
-        await asyncio.shield(self.commit())
+        # The last commit, shielded from cancellation, bounded: with the broker gone it would wait
+        # for a group coordinator for ever. The deadline's last second is left for closing the clients.
+        final_commit = asyncio.ensure_future(self.commit())
+        await asyncio.wait({final_commit}, timeout=max(1.0, deadline - 1.0 - self._clock()))
+        await _cancel(final_commit)
+        uncommitted = {
+            tp: t.commit_offset - t.committed for tp, t in self._trackers.items() if t.needs_commit()
+        }
+        if uncommitted:
+            log.warning(
+                "offsets_not_committed",
+                extra=ctx(settled_offsets=sum(uncommitted.values()), partitions=len(uncommitted)),
+            )
         log.info("worker_drained", extra=ctx(unsettled_bytes=self._buffered))
 
     async def _wait(self, task: asyncio.Task[None], deadline: float) -> None:

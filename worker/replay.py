@@ -21,9 +21,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import KafkaError
 
 from worker.dlq import H_MODEL_RUN, H_REASON, H_REPLAYS, replay_count
-from worker.pipeline import EXIT_OK, EXIT_SETTINGS
+from worker.logs import configure_command_logs
+from worker.pipeline import EXIT_INTERNAL, EXIT_OK, EXIT_SETTINGS
 from worker.settings import KafkaSettings, SettingsError
 from worker.source import make_producer, make_reader
 
@@ -95,8 +97,8 @@ async def replay(
     consumer = make_reader(settings)
     producer: AIOKafkaProducer | None = None if dry_run else make_producer(settings, role="replay")
     report = Report()
-    await consumer.start()
     try:
+        await consumer.start()  # inside: a consumer that could not start is closed too
         if producer is not None:
             await producer.start()
         async for record in _dlq_records(consumer, settings.kafka_dlq_topic, timeout_s):
@@ -153,7 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return EXIT_SETTINGS
+    configure_command_logs(settings)
     selection = Selection(args.reason, args.model_run_id, args.limit, args.max_replays)
-    report = asyncio.run(replay(settings, selection, dry_run=args.dry_run))
+    try:
+        report = asyncio.run(replay(settings, selection, dry_run=args.dry_run))
+    except KafkaError as exc:
+        print(f"worker: replay-dlq stopped: {exc}", file=sys.stderr)
+        return EXIT_INTERNAL
     print("\n".join(report.lines(args.dry_run)))
     return EXIT_OK

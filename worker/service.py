@@ -7,8 +7,7 @@ import logging
 import signal
 import sys
 import time
-
-from aiokafka import AIOKafkaConsumer
+from collections.abc import Awaitable
 
 from worker.dlq import DeadLetterWriter
 from worker.labelbox import AuthenticationError, LabelboxClient
@@ -45,7 +44,7 @@ class Service:
 
     def _count_retry(self, operation: str, cause: str, sleep_s: float) -> None:
         self.metrics.upload_retries.labels(operation, cause).inc()
-        log.info("labelbox_retry", extra=ctx(operation=operation, cause=cause, sleep_s=round(sleep_s, 2)))
+        log.warning("labelbox_retry", extra=ctx(operation=operation, cause=cause, sleep_s=round(sleep_s, 2)))
 
     def request_stop(self) -> None:
         """Graceful shutdown: drain within SHUTDOWN_TIMEOUT_S, commit, return (idempotent)."""
@@ -104,22 +103,26 @@ class Service:
             log.info("metrics_serving", extra=ctx(port=ops.port))
             return await pipeline.run()
         finally:
-            await self._stop_consumer(consumer, pipeline)
-            await producer.stop()
+            await asyncio.gather(
+                self._stop_client("consumer", consumer.stop(), pipeline),
+                self._stop_client("producer", producer.stop(), pipeline),
+            )
             await ops.stop()
 
-    async def _stop_consumer(self, consumer: AIOKafkaConsumer, pipeline: Pipeline) -> None:
-        """Leave the group within what is left of SHUTDOWN_TIMEOUT_S (at least 1 s).
+    async def _stop_client(self, client: str, stop: Awaitable[None], pipeline: Pipeline) -> None:
+        """Close a Kafka client within what is left of SHUTDOWN_TIMEOUT_S (at least 1 s).
 
-        aiokafka's close waits for an in-flight JoinGroup, which a broker may hold for the whole
-        rebalance timeout; the drain has already committed, so giving up here loses nothing.
+        aiokafka's consumer close waits for an in-flight JoinGroup, which a broker may hold for the
+        whole rebalance timeout, and the producer's waits for unsent records while the broker is
+        unreachable; the drain has already committed what it could, so giving up here loses nothing.
         """
         deadline = pipeline.stop_deadline
         remaining = self.settings.shutdown_timeout_s if deadline is None else deadline - time.monotonic()
         try:
-            await asyncio.wait_for(consumer.stop(), timeout=max(1.0, remaining))
+            await asyncio.wait_for(stop, timeout=max(1.0, remaining))
         except TimeoutError:
-            log.warning("consumer_stop_timeout", extra=ctx(timeout_s=round(max(1.0, remaining), 1)))
+            timeout_s = round(max(1.0, remaining), 1)
+            log.warning("kafka_client_stop_timeout", extra=ctx(client=client, timeout_s=timeout_s))
 
 
 async def _serve_with_signals(settings: Settings) -> int:
@@ -137,5 +140,5 @@ def main() -> int:
     except SettingsError as exc:
         print(f"worker: {exc}", file=sys.stderr)
         return EXIT_SETTINGS
-    configure(settings.log_level, settings.log_format)
+    configure(settings.log_level, settings.log_format, repeat_interval_s=settings.log_repeat_interval_s)
     return asyncio.run(_serve_with_signals(settings))

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: Variable prefixes that belong to this worker (an unknown one is an error).
 OWN_PREFIXES = (
     *("KAFKA_", "LABELBOX_", "BATCH_", "UPLOAD_", "BUFFER_", "SHUTDOWN_", "METRICS_", "MESSAGE_"),
-    *("ONTOLOGY_", "ENSURE_"),
+    *("ONTOLOGY_", "ENSURE_", "LOG_"),
 )
 #: Variables Kubernetes injects for Services ("service links"), e.g. KAFKA_PORT_9092_TCP: not ours.
 _SERVICE_LINK_MARKERS = ("_SERVICE_HOST", "_SERVICE_PORT", "_PORT")
@@ -45,7 +45,15 @@ class _FromEnv(BaseSettings):
             raise SettingsError(_describe(exc)) from None
 
 
-class KafkaSettings(_FromEnv):
+class LogSettings(_FromEnv):
+    """How every command logs (``worker.logs.configure``)."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    log_repeat_interval_s: float = Field(30.0, ge=0, le=86_400)
+
+
+class KafkaSettings(LogSettings):
     """The Kafka part of the settings (all that ``replay-dlq`` needs)."""
 
     kafka_bootstrap_servers: str = Field(min_length=1, description="host:port[,host:port…] of the brokers")
@@ -79,7 +87,7 @@ class KafkaSettings(_FromEnv):
         return self
 
 
-class LabelboxSettings(_FromEnv):
+class LabelboxSettings(LogSettings):
     """The Labelbox part of the settings (all that ``check``, ``ontology``, ``send-ground-truth`` need)."""
 
     labelbox_api_key: SecretStr = Field(min_length=1)
@@ -109,8 +117,6 @@ class Settings(KafkaSettings, LabelboxSettings):
     shutdown_timeout_s: float = Field(25.0, ge=0, le=3600)
     metrics_port: int = Field(9400, ge=0, le=65535)
     metrics_host: str = Field("0.0.0.0", min_length=1)
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
 
 
 def _unknown_variables(env: Mapping[str, str], fields: set[str]) -> list[str]:

@@ -25,7 +25,7 @@ from PIL import Image
 
 from worker.sandbox import FaultRule, Sandbox, SandboxState, validate_import, validate_line
 from worker.sandbox.faults import FaultBook
-from worker.sandbox.graphql import GraphQLError, parse_request, project
+from worker.sandbox.graphql import GraphQLError, Selected, parse_request, project
 from worker.sandbox.state import data_row_id_for_global_key
 
 KEY = "sandbox-test-key"
@@ -178,9 +178,14 @@ class FakeClock:
         return self.now
 
 
+#: The data rows the tests' lines are on, registered in MR (membership is checked, as on Labelbox).
+MEMBERS = ("img-1.jpg", "img-2.jpg")
+
+
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Sandbox]:
     async with Sandbox(api_key=KEY, processing_delay_s=DELAY_S) as started:
+        started.state.add_data_rows(MR, global_keys=MEMBERS)
         yield started
 
 
@@ -235,6 +240,23 @@ VALID_LINES = {
         "name": "mask",
         "mask": {"instanceURI": "https://example.com/m.png", "colorRGB": [255, 0, 0]},
     },
+    "name_and_schema_id": {
+        "name": "polyline",
+        "schemaId": "ckx",
+        "line": [{"x": 1, "y": 2}, {"x": 3, "y": 4}],
+    },
+    "sdk_snake_case_under_answers": {
+        "name": "q",
+        "answer": {
+            "schemaId": "cka",
+            "classifications": [
+                {
+                    "schema_id": "cksub",
+                    "answer": {"schema_id": "cks1", "custom_metrics": [{"name": "iou", "value": 0.5}]},
+                }
+            ],
+        },
+    },
 }
 VALID_METRICS = {
     "scalar": {"metricValue": 0.5, "metricName": "custom_iou", "aggregation": "ARITHMETIC_MEAN"},
@@ -282,7 +304,27 @@ INVALID_LINES: list[tuple[str, Any, str]] = [
     ("dataRow id not a string", _invalid(dataRow={"id": 3}), "InvalidDataRow"),
     ("no uuid", _invalid(uuid=None), "MissingUuid"),
     ("uuid not a UUID", _invalid(uuid="not-a-uuid"), "InvalidUuid"),
-    ("name and schemaId", _invalid(schemaId="ckx"), "InvalidFeatureReference"),
+    ("schemaId not a string", _invalid(schemaId=3), "InvalidFeatureReference"),
+    (
+        "schema_id at the top level",
+        _invalid(name=None, schema_id="ckx"),
+        "InvalidFeatureReference",
+    ),
+    (
+        "both spellings under an answer",
+        _invalid(
+            classifications=[
+                {
+                    "name": "q",
+                    "answer": {
+                        "name": "a",
+                        "classifications": [{"schemaId": "x", "schema_id": "x", "answer": "t"}],
+                    },
+                }
+            ]
+        ),
+        "InvalidFeatureReference",
+    ),
     ("neither name nor schemaId", _invalid(name=None), "InvalidFeatureReference"),
     ("no payload", _invalid(bbox=None), "InvalidAnnotationKind"),
     ("two payloads", _invalid(point={"x": 1, "y": 2}), "InvalidAnnotationKind"),
@@ -372,19 +414,58 @@ def test_parse_request_resolves_inline_and_variable_arguments() -> None:
         "MEADataRowRegistrationTaskStatus",
         "s",
         {"where": {"id": "t1"}},
-        ("status",),
+        (Selected("status", "status"),),
     )
-    (root,) = parse_request('{ modelRun(where: {id: "m", n: [1, 2.5, true, null, ENUM]}) { modelId } }', None)
-    assert root.arguments == {"where": {"id": "m", "n": [1, 2.5, True, None, "ENUM"]}}
+    (root,) = parse_request('{ run: modelRun(where: {id: "m"}) { modelId __typename } }', None)
+    assert (root.arguments, root.type_name) == ({"where": {"id": "m"}}, "ModelRun")
+    assert project({"modelId": "x", "id": "m"}, root.selection, root.type_name) == {
+        "modelId": "x",
+        "__typename": "ModelRun",
+    }
 
 
-def test_parse_and_projection_errors() -> None:
-    with pytest.raises(GraphQLError) as parse_error:
-        parse_request("mutation { createThing(data: {a: 1}", {})
-    assert (parse_error.value.code, parse_error.value.http_status) == ("GRAPHQL_PARSE_FAILED", 400)
-    with pytest.raises(GraphQLError) as projection_error:
-        project({"id": "1"}, ("id", "nope"), "ModelRun")
-    assert projection_error.value.code == "GRAPHQL_VALIDATION_FAILED"
+@pytest.mark.parametrize(
+    ("query", "variables", "code"),
+    [
+        ("mutation { createThing(data: {a: 1}", {}, "GRAPHQL_PARSE_FAILED"),
+        ('{ modelRun(where: {id: "m"}) { modelId nope } }', {}, "GRAPHQL_VALIDATION_FAILED"),
+        ('{ modelRun(where: {id: "m", n: 1}) { modelId } }', {}, "GRAPHQL_VALIDATION_FAILED"),
+        ('{ modelRun(where: {id: "m"}, first: 1) { modelId } }', {}, "GRAPHQL_VALIDATION_FAILED"),
+        ("query { modelRun(where: {id: $id}) { modelId } }", {"id": "m"}, "GRAPHQL_VALIDATION_FAILED"),
+        (
+            "query($id: Int!) { modelRun(where: {id: $id}) { modelId } }",
+            {"id": 1},
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        (
+            "query($id: ID!) { modelRun(where: {id: $id}) { modelId } }",
+            {"id": None},
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        ("query($id: ID!) { modelRun(where: {id: $id}) { modelId } }", {}, "GRAPHQL_VALIDATION_FAILED"),
+        (
+            "query($id: ID!, $unused: ID) { modelRun(where: {id: $id}) { id } }",
+            {},
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        ('mutation { modelRun(where: {id: "m"}) { modelId } }', {}, "GRAPHQL_VALIDATION_FAILED"),
+        ("{ modelRun(where: {id: 1.5}) { modelId } }", {}, "GRAPHQL_VALIDATION_FAILED"),
+        ("{ user }", {}, "GRAPHQL_VALIDATION_FAILED"),
+        ("{ __schema { types { name } } }", {}, "GRAPHQL_VALIDATION_FAILED"),
+    ],
+)
+def test_documents_the_schema_refuses(query: str, variables: dict[str, Any], code: str) -> None:
+    with pytest.raises(GraphQLError) as refused:
+        parse_request(query, variables)
+    assert (refused.value.code, refused.value.http_status) == (code, 400)
+
+
+def test_fragments_aliases_and_directives_are_served() -> None:
+    query = """query Q($skip: Boolean!) { user { ...who email @skip(if: $skip) } }
+    fragment who on User { id me: name }"""
+    (root,) = parse_request(query, {"skip": True}, "Q")
+    user = {"id": "u", "name": "n", "email": "e"}
+    assert project(user, root.selection, root.type_name) == {"id": "u", "me": "n"}
 
 
 def test_fault_book_counts_skips_and_expires() -> None:
@@ -419,6 +500,7 @@ def test_import_faults_only_target_create_import() -> None:
 def test_state_processes_imports_on_its_clock() -> None:
     clock = FakeClock()
     state = SandboxState(processing_delay_s=2.0, clock=clock)
+    state.add_data_rows(MR, global_keys=["img-1.jpg"])
     record = state.create_import(MR, "a", ndjson([bbox_line()]))
     assert (record.state_at(clock()), record.progress_at(clock())) == ("RUNNING", "0%")
     clock.now += 1.0
@@ -493,7 +575,7 @@ async def test_malformed_requests_are_rejected(sandbox: Sandbox, session: aiohtt
     no_file = await post_graphql(
         session, sandbox, CREATE_BY_FILE, {"modelRunId": MR, "name": "n", "file": None, "contentLength": 0}
     )
-    assert no_file.error_code == "MALFORMED_REQUEST"
+    assert (no_file.status, no_file.error_code) == (400, "GRAPHQL_VALIDATION_FAILED")
     form = aiohttp.FormData()
     form.add_field("operations", json.dumps({"query": CREATE_BY_FILE, "variables": {"file": None}}))
     form.add_field("map", json.dumps({"0": ["variables.file"]}))

@@ -27,10 +27,10 @@ A rule is a `FaultRule` (also accepted as JSON by `POST /_sandbox/faults`):
   both) answers HTTP 403 with an S3-style XML body, `<Code>AccessDenied</Code>` and `<Message>Request has
   expired</Message>`, as a signed URL past its expiry does. With `count` (default 1) only that many fetches.
 - `import_refused`: a `create_import` whose payload holds a line with a uuid in `uuids` or a data row in
-  `data_rows` (global keys or data row ids; with neither given, any line) answers HTTP 200
-  `{"data": null, "errors": [{"message": message, "extensions": {"code": "INTERNAL_SERVER_ERROR",
-  "exception": {"status": 400}}}]}` (what the Labelbox SDK raises as `InvalidQueryError`) and creates
-  nothing. Imports without such a line pass and do not count.
+  `data_rows` (global keys or data row ids; a line by global key matches its data row id too; with neither
+  given, any line) answers HTTP 200 `{"data": null, "errors": [{"message": message, "extensions":
+  {"code": "INTERNAL_SERVER_ERROR", "exception": {"status": 400}}}]}` (what the Labelbox SDK raises as
+  `InvalidQueryError`) and creates nothing. Imports without such a line pass and do not count.
 - `import_failed`: the import is created, then ends FAILED with `message`; nothing is stored. With `uuids`
   or `data_rows`, only imports holding such a line (others pass and do not count).
 - `row_failure`: rows whose uuid is in `uuids` or whose data row is in `data_rows`, or a deterministic

@@ -287,7 +287,7 @@ class SandboxState:
             )
         self.settle_tasks()
         results = validate_import(payload, run.ontology)
-        lines = [(result.uuid, result.data_row) for result in results]
+        lines = [(result.uuid, _status_data_row(result.data_row)) for result in results]
         refusal = self.faults.take(
             "create_import", {"import_refused"}, model_run_id, lambda rule: rule.holds_a_chosen_line(lines)
         )
@@ -348,7 +348,7 @@ class SandboxState:
             return []
         if self.require_data_row_membership and not run.has_data_row(result.data_row):
             return [error("DataRowNotInModelRun", f"Data row {result.data_row} is not in model run {run.id}")]
-        if row_failure is not None and row_failure.fails_row(result.uuid, result.data_row):
+        if row_failure is not None and row_failure.fails_row(result.uuid, _status_data_row(result.data_row)):
             return [error(ROW_FAILURE_ERROR_NAME, row_failure.message)]
         return []
 

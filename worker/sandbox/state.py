@@ -1,4 +1,5 @@
-"""Everything the sandbox remembers: model runs, imports, stored predictions, tasks, the request log, faults.
+"""Everything the sandbox remembers: model runs (and their data rows), imports, stored predictions, tasks,
+the request log, faults.
 
 Pure: no I/O, no awaits; time comes from the injected clock (seconds, monotonic). An import is processed
 (validated, its SUCCESS rows stored) when it is created; it *reports* RUNNING until its processing delay has

@@ -1299,3 +1299,38 @@ def test_the_workers_queries_pass_the_schema() -> None:
 async def test_the_sdk_reads_a_refused_document_as_an_invalid_query(sdk_client: labelbox.Client) -> None:
     with pytest.raises(lbox_exceptions.InvalidQueryError, match="Cannot query field"):
         await asyncio.to_thread(sdk_client.execute, 'query { modelRun(where: {id: "x"}) { id nope } }')
+
+
+def test_cli_checks_membership_unless_told_not_to() -> None:
+    from worker.sandbox.__main__ import parse_args
+
+    assert parse_args(["--api-key", "k"]).require_data_row_membership is True
+    assert parse_args(["--api-key", "k", "--require-data-row-membership"]).require_data_row_membership is True
+    assert (
+        parse_args(["--api-key", "k", "--no-require-data-row-membership"]).require_data_row_membership
+        is False
+    )
+
+
+async def test_membership_off_lets_unregistered_rows_succeed(session: aiohttp.ClientSession) -> None:
+    async with Sandbox(api_key=KEY, processing_delay_s=0.0, require_data_row_membership=False) as sandbox:
+        await create_import(session, sandbox, "a", ndjson([bbox_line(global_key="stranger.jpg")]))
+        done = await wait_done(session, sandbox, "a")
+        assert [s["status"] for s in await get_lines(session, done["statusFileUrl"])] == ["SUCCESS"]
+
+
+async def test_registered_rows_join_when_their_task_completes(
+    clocked: Sandbox, clock: FakeClock, session: aiohttp.ClientSession
+) -> None:
+    variables = {"modelRunId": MR, "dataRowIds": None, "globalKeys": ["late.jpg"]}
+    await post_graphql(session, clocked, CREATE_DATA_ROW_TASK, variables)
+    await create_import(session, clocked, "early", ndjson([bbox_line(global_key="late.jpg")]))
+    clock.now += 1.0
+    await create_import(session, clocked, "after", ndjson([bbox_line(global_key="late.jpg")]))
+    clock.now += 1.0
+    statuses = [
+        (await get_lines(session, (await wait_done(session, clocked, n))["statusFileUrl"]))[0]
+        for n in ("early", "after")
+    ]
+    assert [s["status"] for s in statuses] == ["FAILURE", "SUCCESS"]
+    assert statuses[0]["errors"][0]["name"] == "DataRowNotInModelRun"

@@ -1334,3 +1334,19 @@ async def test_registered_rows_join_when_their_task_completes(
     ]
     assert [s["status"] for s in statuses] == ["FAILURE", "SUCCESS"]
     assert statuses[0]["errors"][0]["name"] == "DataRowNotInModelRun"
+
+
+def test_the_sandbox_imports_nothing_from_what_it_checks() -> None:
+    import ast
+    from pathlib import Path
+
+    imported: set[str] = set()
+    for path in (Path(__file__).parent.parent / "worker" / "sandbox").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    own = {name for name in imported if name.split(".")[0] in ("worker", "schemas")}
+    assert own
+    assert [name for name in sorted(own) if not name.startswith("worker.sandbox")] == []

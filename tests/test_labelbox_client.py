@@ -131,9 +131,17 @@ def chained(exc: BaseException) -> list[BaseException]:
     return seen
 
 
+def new_server() -> Sandbox:
+    """A sandbox whose model run holds the tests' data rows: these tests are about the client's calls,
+    not about registering data rows (the sandbox FAILs rows on data rows not in the model run)."""
+    sandbox = Sandbox(api_key=KEY, processing_delay_s=0.05)
+    sandbox.state.add_data_rows(MR, global_keys=["img-1.jpg", "img-2.jpg", "café-1.jpg"])
+    return sandbox
+
+
 @pytest.fixture
 async def server() -> AsyncIterator[Sandbox]:
-    async with Sandbox(api_key=KEY, processing_delay_s=0.05) as sandbox:
+    async with new_server() as sandbox:
         yield sandbox
 
 
@@ -243,7 +251,7 @@ async def test_concurrent_clients_retry_a_429_with_jitter(server: Sandbox) -> No
 
 async def test_request_hanging_past_timeout_is_retried() -> None:
     retries = RetryLog()
-    async with Sandbox(api_key=KEY, processing_delay_s=0.05) as server:
+    async with new_server() as server:
         server.state.add_fault(FaultRule(kind="hang", operation="create_import", delay_s=5.0))
         started = time.monotonic()
         async with client_for(server, retries, request_timeout_s=0.3) as client:

@@ -114,7 +114,7 @@ async def test_ensure_data_rows_registers_each_row_once(
     first = [_msg(bbox(), key=f"row-{i}") for i in range(3)]
     second = [_msg(bbox(confidence=0.5), key=f"row-{i}") for i in range(4)]  # rows 0-2 again, and row 3
     caplog.set_level(logging.INFO, logger="worker.pipeline")
-    async with Sandbox(api_key=API_KEY, processing_delay_s=0.05, require_data_row_membership=True) as sandbox:
+    async with Sandbox(api_key=API_KEY, processing_delay_s=0.05) as sandbox:
         settings = settings_for(bootstrap, topic, sandbox, ensure_data_rows=True)
         async with running(settings):
             await produce(bootstrap, topic, [(RUN.encode(), v, 0) for v in first])
@@ -134,8 +134,8 @@ async def test_without_ensure_data_rows_unregistered_rows_fail_into_the_dlq(
 ) -> None:
     await make_topics(bootstrap, topic, 1)
     value = _msg(bbox(), key="stranger")
-    async with Sandbox(api_key=API_KEY, processing_delay_s=0.05, require_data_row_membership=True) as sandbox:
-        settings = settings_for(bootstrap, topic, sandbox)
+    async with Sandbox(api_key=API_KEY, processing_delay_s=0.05) as sandbox:  # membership checked by default
+        settings = settings_for(bootstrap, topic, sandbox, ensure_data_rows=False)
         await produce(bootstrap, topic, [(RUN.encode(), value, 0)])
         async with running(settings):
             assert await wait_committed(bootstrap, settings, {0: 1}) == {0: 1}

@@ -337,6 +337,7 @@ class Scenario:
             "labelbox_graphql_url": self.sandbox.graphql_url,
             "labelbox_poll_interval_s": 0.1,
             "labelbox_retry_max_s": 10.0,
+            "ensure_data_rows": True,  # the sandbox, like Labelbox, FAILs rows not in the model run
             "batch_linger_s": 0.3,
             "shutdown_timeout_s": SHUTDOWN_TIMEOUT_S,
             "log_format": "json",

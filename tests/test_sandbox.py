@@ -25,7 +25,7 @@ from PIL import Image
 
 from worker.sandbox import FaultRule, Sandbox, SandboxState, validate_import, validate_line
 from worker.sandbox.faults import FaultBook
-from worker.sandbox.graphql import GraphQLError, parse_request, project
+from worker.sandbox.graphql import GraphQLError, Selected, parse_request, project, validated_document
 from worker.sandbox.state import data_row_id_for_global_key
 
 KEY = "sandbox-test-key"
@@ -178,9 +178,15 @@ class FakeClock:
         return self.now
 
 
+#: The data rows the tests' lines are on, registered in MR (membership is checked, as on Labelbox).
+MEMBERS = ("img-1.jpg", "img-2.jpg")
+
+
 @pytest.fixture
 async def sandbox() -> AsyncIterator[Sandbox]:
-    async with Sandbox(api_key=KEY, processing_delay_s=DELAY_S) as started:
+    # Registration tasks complete at once: the SDK sleeps 5 s between task polls.
+    async with Sandbox(api_key=KEY, processing_delay_s=DELAY_S, task_delay_s=0.0) as started:
+        started.state.add_data_rows(MR, global_keys=MEMBERS)
         yield started
 
 
@@ -235,6 +241,23 @@ VALID_LINES = {
         "name": "mask",
         "mask": {"instanceURI": "https://example.com/m.png", "colorRGB": [255, 0, 0]},
     },
+    "name_and_schema_id": {
+        "name": "polyline",
+        "schemaId": "ckx",
+        "line": [{"x": 1, "y": 2}, {"x": 3, "y": 4}],
+    },
+    "sdk_snake_case_under_answers": {
+        "name": "q",
+        "answer": {
+            "schemaId": "cka",
+            "classifications": [
+                {
+                    "schema_id": "cksub",
+                    "answer": {"schema_id": "cks1", "custom_metrics": [{"name": "iou", "value": 0.5}]},
+                }
+            ],
+        },
+    },
 }
 VALID_METRICS = {
     "scalar": {"metricValue": 0.5, "metricName": "custom_iou", "aggregation": "ARITHMETIC_MEAN"},
@@ -282,7 +305,27 @@ INVALID_LINES: list[tuple[str, Any, str]] = [
     ("dataRow id not a string", _invalid(dataRow={"id": 3}), "InvalidDataRow"),
     ("no uuid", _invalid(uuid=None), "MissingUuid"),
     ("uuid not a UUID", _invalid(uuid="not-a-uuid"), "InvalidUuid"),
-    ("name and schemaId", _invalid(schemaId="ckx"), "InvalidFeatureReference"),
+    ("schemaId not a string", _invalid(schemaId=3), "InvalidFeatureReference"),
+    (
+        "schema_id at the top level",
+        _invalid(name=None, schema_id="ckx"),
+        "InvalidFeatureReference",
+    ),
+    (
+        "both spellings under an answer",
+        _invalid(
+            classifications=[
+                {
+                    "name": "q",
+                    "answer": {
+                        "name": "a",
+                        "classifications": [{"schemaId": "x", "schema_id": "x", "answer": "t"}],
+                    },
+                }
+            ]
+        ),
+        "InvalidFeatureReference",
+    ),
     ("neither name nor schemaId", _invalid(name=None), "InvalidFeatureReference"),
     ("no payload", _invalid(bbox=None), "InvalidAnnotationKind"),
     ("two payloads", _invalid(point={"x": 1, "y": 2}), "InvalidAnnotationKind"),
@@ -372,19 +415,58 @@ def test_parse_request_resolves_inline_and_variable_arguments() -> None:
         "MEADataRowRegistrationTaskStatus",
         "s",
         {"where": {"id": "t1"}},
-        ("status",),
+        (Selected("status", "status"),),
     )
-    (root,) = parse_request('{ modelRun(where: {id: "m", n: [1, 2.5, true, null, ENUM]}) { modelId } }', None)
-    assert root.arguments == {"where": {"id": "m", "n": [1, 2.5, True, None, "ENUM"]}}
+    (root,) = parse_request('{ run: modelRun(where: {id: "m"}) { modelId __typename } }', None)
+    assert (root.arguments, root.type_name) == ({"where": {"id": "m"}}, "ModelRun")
+    assert project({"modelId": "x", "id": "m"}, root.selection, root.type_name) == {
+        "modelId": "x",
+        "__typename": "ModelRun",
+    }
 
 
-def test_parse_and_projection_errors() -> None:
-    with pytest.raises(GraphQLError) as parse_error:
-        parse_request("mutation { createThing(data: {a: 1}", {})
-    assert (parse_error.value.code, parse_error.value.http_status) == ("GRAPHQL_PARSE_FAILED", 400)
-    with pytest.raises(GraphQLError) as projection_error:
-        project({"id": "1"}, ("id", "nope"), "ModelRun")
-    assert projection_error.value.code == "GRAPHQL_VALIDATION_FAILED"
+@pytest.mark.parametrize(
+    ("query", "variables", "code"),
+    [
+        ("mutation { createThing(data: {a: 1}", {}, "GRAPHQL_PARSE_FAILED"),
+        ('{ modelRun(where: {id: "m"}) { modelId nope } }', {}, "GRAPHQL_VALIDATION_FAILED"),
+        ('{ modelRun(where: {id: "m", n: 1}) { modelId } }', {}, "GRAPHQL_VALIDATION_FAILED"),
+        ('{ modelRun(where: {id: "m"}, first: 1) { modelId } }', {}, "GRAPHQL_VALIDATION_FAILED"),
+        ("query { modelRun(where: {id: $id}) { modelId } }", {"id": "m"}, "GRAPHQL_VALIDATION_FAILED"),
+        (
+            "query($id: Int!) { modelRun(where: {id: $id}) { modelId } }",
+            {"id": 1},
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        (
+            "query($id: ID!) { modelRun(where: {id: $id}) { modelId } }",
+            {"id": None},
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        ("query($id: ID!) { modelRun(where: {id: $id}) { modelId } }", {}, "GRAPHQL_VALIDATION_FAILED"),
+        (
+            "query($id: ID!, $unused: ID) { modelRun(where: {id: $id}) { id } }",
+            {},
+            "GRAPHQL_VALIDATION_FAILED",
+        ),
+        ('mutation { modelRun(where: {id: "m"}) { modelId } }', {}, "GRAPHQL_VALIDATION_FAILED"),
+        ("{ modelRun(where: {id: 1.5}) { modelId } }", {}, "GRAPHQL_VALIDATION_FAILED"),
+        ("{ user }", {}, "GRAPHQL_VALIDATION_FAILED"),
+        ("{ __schema { types { name } } }", {}, "GRAPHQL_VALIDATION_FAILED"),
+    ],
+)
+def test_documents_the_schema_refuses(query: str, variables: dict[str, Any], code: str) -> None:
+    with pytest.raises(GraphQLError) as refused:
+        parse_request(query, variables)
+    assert (refused.value.code, refused.value.http_status) == (code, 400)
+
+
+def test_fragments_aliases_and_directives_are_served() -> None:
+    query = """query Q($skip: Boolean!) { user { ...who email @skip(if: $skip) } }
+    fragment who on User { id me: name }"""
+    (root,) = parse_request(query, {"skip": True}, "Q")
+    user = {"id": "u", "name": "n", "email": "e"}
+    assert project(user, root.selection, root.type_name) == {"id": "u", "me": "n"}
 
 
 def test_fault_book_counts_skips_and_expires() -> None:
@@ -419,6 +501,7 @@ def test_import_faults_only_target_create_import() -> None:
 def test_state_processes_imports_on_its_clock() -> None:
     clock = FakeClock()
     state = SandboxState(processing_delay_s=2.0, clock=clock)
+    state.add_data_rows(MR, global_keys=["img-1.jpg"])
     record = state.create_import(MR, "a", ndjson([bbox_line()]))
     assert (record.state_at(clock()), record.progress_at(clock())) == ("RUNNING", "0%")
     clock.now += 1.0
@@ -493,7 +576,7 @@ async def test_malformed_requests_are_rejected(sandbox: Sandbox, session: aiohtt
     no_file = await post_graphql(
         session, sandbox, CREATE_BY_FILE, {"modelRunId": MR, "name": "n", "file": None, "contentLength": 0}
     )
-    assert no_file.error_code == "MALFORMED_REQUEST"
+    assert (no_file.status, no_file.error_code) == (400, "GRAPHQL_VALIDATION_FAILED")
     form = aiohttp.FormData()
     form.add_field("operations", json.dumps({"query": CREATE_BY_FILE, "variables": {"file": None}}))
     form.add_field("map", json.dumps({"0": ["variables.file"]}))
@@ -604,6 +687,8 @@ mutation($modelRunId: ID!, $dataRowIds: [ID!], $globalKeys: [ID!]) {
 DATA_ROW_TASK_STATUS = """
 query($where: WhereUniqueIdInput!) {
   MEADataRowRegistrationTaskStatus(where: $where) { status errorMessage } }"""
+REGISTER_LABELS = """mutation($modelRunId: ID!, $labelIds: [ID!]!) {
+  createMEAModelRunLabelRegistrationTask(where: {id: $modelRunId}, data: {labelIds: $labelIds}) }"""
 LABEL_TASK_STATUS = """
 query($where: WhereUniqueIdInput!) {
   MEALabelRegistrationTaskStatus(where: $where) { status errorMessage } }"""
@@ -794,6 +879,169 @@ async def test_fault_with_a_duration_stops_by_itself(
         assert response.status == 404
 
 
+OTHER = "clmodelrun000000000000002"
+
+
+async def test_forbidden_model_run(sandbox: Sandbox, session: aiohttp.ClientSession) -> None:
+    await admin(session, sandbox, "POST", "faults", {"kind": "forbidden", "model_run_id": MR})
+    sandbox.state.add_data_rows(OTHER, global_keys=MEMBERS)
+    answers = {
+        "create_import": await create_import(session, sandbox, "a", ndjson([bbox_line()])),
+        "poll_import": await poll(session, sandbox, "a"),
+        "model_run": await post_graphql(session, sandbox, MODEL_RUN_QUERY, {"id": MR}),
+        "model": await post_graphql(
+            session, sandbox, MODEL_QUERY, {"id": sandbox.state.model_run(MR).model_id}
+        ),
+        "ontology": await post_graphql(
+            session, sandbox, ONTOLOGY_QUERY, {"id": sandbox.state.model_run(MR).ontology_id}
+        ),
+        "register_data_rows": await post_graphql(
+            session,
+            sandbox,
+            CREATE_DATA_ROW_TASK,
+            {"modelRunId": MR, "dataRowIds": None, "globalKeys": ["k"]},
+        ),
+        "register_labels": await post_graphql(
+            session, sandbox, REGISTER_LABELS, {"modelRunId": MR, "labelIds": ["l1"]}
+        ),
+    }
+    for operation, answer in answers.items():
+        assert (answer.status, answer.body) == (
+            200,
+            {
+                "data": None,
+                "errors": [
+                    {
+                        "message": f"You do not have access to model run {MR}",
+                        "extensions": {"code": "AUTHORIZATION_ERROR"},
+                    }
+                ],
+            },
+        ), operation
+    assert sandbox.state.imports == {}
+    assert (
+        await create_import(session, sandbox, "a", ndjson([bbox_line()]), model_run_id=OTHER)
+    ).status == 200
+    assert (await post_graphql(session, sandbox, "{ user { id } }", {})).status == 200
+    invalid = await post_graphql(session, sandbox, '{ modelRun(where: {id: "x"}) { nope } }', {})
+    assert invalid.error_code == "GRAPHQL_VALIDATION_FAILED"  # validation comes first
+    (fault,) = await admin(session, sandbox, "GET", "faults")
+    assert (fault["fired"], fault["count"], fault["in_force"], fault["status"]) == (7, None, True, 200)
+
+
+async def test_forbidden_as_http_403_and_the_sdk_reads_it(
+    sandbox: Sandbox, sdk_client: labelbox.Client
+) -> None:
+    sandbox.state.add_fault(FaultRule(kind="forbidden", model_run_id=MR, status=403, message="no access"))
+    with pytest.raises(lbox_exceptions.AuthorizationError, match="no access"):
+        await asyncio.to_thread(sdk_client.get_model_run, MR)
+    assert [(r.status, r.error_code, r.fault) for r in sandbox.state.requests("model_run")] == [
+        (403, "AUTHORIZATION_ERROR", "forbidden")
+    ]
+    with pytest.raises(pydantic.ValidationError, match="model_run_id"):
+        FaultRule(kind="forbidden")
+
+
+async def test_import_refused_for_a_chosen_row(sandbox: Sandbox, session: aiohttp.ClientSession) -> None:
+    poison = new_uuid()
+    await admin(
+        session,
+        sandbox,
+        "POST",
+        "faults",
+        {
+            "kind": "import_refused",
+            "uuids": [poison],
+            "data_rows": ["img-2.jpg"],
+            "count": 2,
+            "message": "bad",
+        },
+    )
+    assert (await create_import(session, sandbox, "clean", ndjson([bbox_line()]))).status == 200
+    refused = [
+        await create_import(session, sandbox, "by-uuid", ndjson([bbox_line(), bbox_line(poison)])),
+        await create_import(session, sandbox, "by-row", ndjson([bbox_line(global_key="img-2.jpg")])),
+    ]
+    for answer in refused:
+        assert (answer.status, answer.body) == (
+            200,
+            {
+                "data": None,
+                "errors": [
+                    {
+                        "message": "bad",
+                        "extensions": {"code": "INTERNAL_SERVER_ERROR", "exception": {"status": 400}},
+                    }
+                ],
+            },
+        )
+    assert [r.name for r in sandbox.state.imports.values()] == ["clean"]
+    again = await create_import(session, sandbox, "by-row", ndjson([bbox_line(global_key="img-2.jpg")]))
+    assert again.status == 200  # count 2: used up by the two refusals only
+    assert "errors" not in again.body
+
+
+async def test_the_sdk_reads_a_refusal_as_an_invalid_query(
+    sandbox: Sandbox, sdk_client: labelbox.Client
+) -> None:
+    sandbox.state.add_fault(FaultRule(kind="import_refused", data_rows=("img-1.jpg",), message="refused"))
+    with pytest.raises(lbox_exceptions.InvalidQueryError, match="refused"):
+        await asyncio.to_thread(_sdk_import, sdk_client, "refused", [bbox_line()])
+
+
+async def test_import_failed_for_a_chosen_row(sandbox: Sandbox, session: aiohttp.ClientSession) -> None:
+    chosen = data_row_id_for_global_key("img-2.jpg")
+    sandbox.state.add_fault(FaultRule(kind="import_failed", data_rows=(chosen,), message="poison"))
+    await create_import(session, sandbox, "clean", ndjson([bbox_line()]))
+    await create_import(
+        session, sandbox, "poisoned", ndjson([bbox_line(), bbox_line(global_key="img-2.jpg")])
+    )
+    await create_import(session, sandbox, "later", ndjson([bbox_line(global_key="img-2.jpg")]))
+    states = [(await wait_done(session, sandbox, name))["state"] for name in ("clean", "poisoned", "later")]
+    assert states == ["FINISHED", "FAILED", "FINISHED"]
+
+
+async def test_graphql_error_with_a_status_and_an_exception_status(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    sandbox.state.add_fault(
+        FaultRule(kind="graphql_error", operation="create_import", status=409, code="RESOURCE_CONFLICT")
+    )
+    sandbox.state.add_fault(FaultRule(kind="graphql_error", operation="poll_import", exception_status=400))
+    conflict = await create_import(session, sandbox, "x", ndjson([bbox_line()]))
+    assert (conflict.status, conflict.error_code) == (409, "RESOURCE_CONFLICT")
+    refused = await poll(session, sandbox, "x")
+    assert (refused.status, refused.body["errors"][0]["extensions"]) == (
+        200,
+        {"code": "INTERNAL_SERVER_ERROR", "exception": {"status": 400}},
+    )
+
+
+async def test_empty_body_and_scoping_to_a_model_run(
+    sandbox: Sandbox, session: aiohttp.ClientSession
+) -> None:
+    sandbox.state.add_fault(FaultRule(kind="empty_body", operation="graphql", model_run_id=OTHER))
+    assert (await poll(session, sandbox, "x")).error_code == "RESOURCE_NOT_FOUND"  # MR: not in scope
+    assert (await post_graphql(session, sandbox, "{ user { id } }", {})).status == 200  # names no run
+    empty = await poll(session, sandbox, "x", model_run_id=OTHER)
+    assert (empty.status, empty.body) == (200, {})
+
+
+async def test_expired_status_file_url(sandbox: Sandbox, session: aiohttp.ClientSession) -> None:
+    await create_import(session, sandbox, "files", ndjson([bbox_line()]))
+    done = await wait_done(session, sandbox, "files")
+    await admin(session, sandbox, "POST", "faults", {"kind": "expired_url", "count": 2})
+    for _ in range(2):
+        async with session.get(done["statusFileUrl"]) as response:
+            body = await response.text()
+            assert (response.status, response.content_type) == (403, "application/xml")
+            assert "<Code>AccessDenied</Code>" in body
+            assert "Request has expired" in body
+    assert len(await get_lines(session, done["statusFileUrl"])) == 1
+    with pytest.raises(pydantic.ValidationError):
+        FaultRule(kind="expired_url", operation="poll_import")
+
+
 # --- admin API, lifecycle, CLI ---
 
 
@@ -930,3 +1178,175 @@ async def test_labelbox_sdk_sees_conflict_rate_limit_and_bad_key(
     finally:
         bad_client.connection.close()
         bad_client._adv_client.session.close()
+
+
+# --- every SDK call the worker's workflow mirrors passes the schema, over real HTTP ---
+
+
+def _fresh_import(client: labelbox.Client, name: str, key: str = "img-1.jpg") -> Any:
+    line = bbox_line(global_key=key)
+    return labelbox.MEAPredictionImport.create_from_objects(client, MR, name, [line])
+
+
+def _done_statuses(imp: Any) -> list[str]:
+    imp.wait_till_done(sleep_time_seconds=0.02)
+    return [s["status"] for s in imp.statuses]
+
+
+def sdk_create_from_objects(client: labelbox.Client, sandbox: Sandbox, tmp: Any) -> Any:
+    return _done_statuses(_fresh_import(client, "objects"))
+
+
+def sdk_create_from_file(client: labelbox.Client, sandbox: Sandbox, tmp: Any) -> Any:
+    path = tmp / "predictions.ndjson"
+    path.write_bytes(ndjson([bbox_line(), bbox_line(global_key="img-2.jpg")]))
+    return _done_statuses(labelbox.MEAPredictionImport.create_from_file(client, MR, "file", str(path)))
+
+
+def sdk_create_from_url(client: labelbox.Client, sandbox: Sandbox, tmp: Any) -> Any:
+    sandbox.state.blobs["p.ndjson"] = ndjson([bbox_line()])
+    url = f"{sandbox.base_url}/blobs/p.ndjson"
+    return _done_statuses(labelbox.MEAPredictionImport.create_from_url(client, MR, "url", url))
+
+
+def sdk_wait_until_done(client: labelbox.Client, sandbox: Sandbox, tmp: Any) -> Any:
+    imp = _fresh_import(client, "waited")
+    with pytest.warns(DeprecationWarning, match="wait_until_done"):
+        imp.wait_until_done(sleep_time_seconds=0.02)
+    return imp.state.value, [s["status"] for s in imp.statuses], imp.errors
+
+
+def sdk_get_model_run(client: labelbox.Client, sandbox: Sandbox, tmp: Any) -> Any:
+    run = client.get_model_run(MR)
+    return run.uid, run.model_id == sandbox.state.model_run(MR).model_id
+
+
+def sdk_get_model(client: labelbox.Client, sandbox: Sandbox, tmp: Any) -> Any:
+    model = client.get_model(client.get_model_run(MR).model_id)
+    return model.ontology_id == sandbox.state.model_run(MR).ontology_id
+
+
+def sdk_get_ontology(client: labelbox.Client, sandbox: Sandbox, tmp: Any) -> Any:
+    tool = {"tool": "rectangle", "name": "bounding_box", "featureSchemaId": "f1", "color": "#ff0000"}
+    tool["classifications"] = []
+    sandbox.state.load_ontology(MR, {"tools": [tool], "classifications": []})
+    ontology = client.get_ontology(client.get_model(client.get_model_run(MR).model_id).ontology_id)
+    return [tool.name for tool in ontology.tools()]
+
+
+def sdk_get_user(client: labelbox.Client, sandbox: Sandbox, tmp: Any) -> Any:
+    return client.get_user().email
+
+
+def sdk_upsert_data_rows(client: labelbox.Client, sandbox: Sandbox, tmp: Any) -> Any:
+    before = _done_statuses(_fresh_import(client, "before", key="img-new.jpg"))
+    run = client.get_model_run(MR)
+    registered = (
+        run.upsert_data_rows(global_keys=["img-new.jpg"]),
+        run.upsert_data_rows(data_row_ids=["cldr1"]),
+    )
+    after = _done_statuses(_fresh_import(client, "after", key="img-new.jpg"))
+    return before, registered, after
+
+
+def sdk_upsert_labels(client: labelbox.Client, sandbox: Sandbox, tmp: Any) -> Any:
+    run = client.get_model_run(MR)
+    return run.upsert_labels(label_ids=["cllabel1"]), run.upsert_labels(project_id="clproject1")
+
+
+SDK_CALLS = {
+    "MEAPredictionImport.create_from_objects": (sdk_create_from_objects, ["SUCCESS"]),
+    "MEAPredictionImport.create_from_file": (sdk_create_from_file, ["SUCCESS", "SUCCESS"]),
+    "MEAPredictionImport.create_from_url": (sdk_create_from_url, ["SUCCESS"]),
+    "MEAPredictionImport.wait_until_done": (sdk_wait_until_done, ("FINISHED", ["SUCCESS"], [])),
+    "client.get_model_run": (sdk_get_model_run, (MR, True)),
+    "client.get_model": (sdk_get_model, True),
+    "client.get_ontology": (sdk_get_ontology, ["bounding_box"]),
+    "client.get_user": (sdk_get_user, "sandbox@localhost"),
+    "model_run.upsert_data_rows": (sdk_upsert_data_rows, (["FAILURE"], (True, True), ["SUCCESS"])),
+    "model_run.upsert_labels": (sdk_upsert_labels, (True, True)),
+}
+
+
+@pytest.mark.parametrize("call", sorted(SDK_CALLS))
+async def test_sdk_call_passes_the_schema(
+    call: str, sandbox: Sandbox, sdk_client: labelbox.Client, tmp_path: Any
+) -> None:
+    run, expected = SDK_CALLS[call]
+    assert await asyncio.to_thread(run, sdk_client, sandbox, tmp_path) == expected
+    graphql = [r for r in sandbox.state.request_log if r.path == "/graphql"]
+    assert graphql
+    assert [(r.operation, r.status, r.error_code) for r in graphql] == [
+        (r.operation, 200, None) for r in graphql
+    ]
+
+
+def _string_constants(module: Any) -> list[str]:
+    values: list[Any] = [value for name, value in vars(module).items() if name.isupper()]
+    values += [item for value in values if isinstance(value, dict) for item in value.values()]
+    return [v for v in values if isinstance(v, str) and v.lstrip().startswith(("query", "mutation"))]
+
+
+def test_the_workers_queries_pass_the_schema() -> None:
+    import worker.labelbox
+
+    queries = _string_constants(worker.labelbox)
+    assert len(queries) >= 8
+    for query in queries:
+        validated_document(query)
+
+
+async def test_the_sdk_reads_a_refused_document_as_an_invalid_query(sdk_client: labelbox.Client) -> None:
+    with pytest.raises(lbox_exceptions.InvalidQueryError, match="Cannot query field"):
+        await asyncio.to_thread(sdk_client.execute, 'query { modelRun(where: {id: "x"}) { id nope } }')
+
+
+def test_cli_checks_membership_unless_told_not_to() -> None:
+    from worker.sandbox.__main__ import parse_args
+
+    assert parse_args(["--api-key", "k"]).require_data_row_membership is True
+    assert parse_args(["--api-key", "k", "--require-data-row-membership"]).require_data_row_membership is True
+    assert (
+        parse_args(["--api-key", "k", "--no-require-data-row-membership"]).require_data_row_membership
+        is False
+    )
+
+
+async def test_membership_off_lets_unregistered_rows_succeed(session: aiohttp.ClientSession) -> None:
+    async with Sandbox(api_key=KEY, processing_delay_s=0.0, require_data_row_membership=False) as sandbox:
+        await create_import(session, sandbox, "a", ndjson([bbox_line(global_key="stranger.jpg")]))
+        done = await wait_done(session, sandbox, "a")
+        assert [s["status"] for s in await get_lines(session, done["statusFileUrl"])] == ["SUCCESS"]
+
+
+async def test_registered_rows_join_when_their_task_completes(
+    clocked: Sandbox, clock: FakeClock, session: aiohttp.ClientSession
+) -> None:
+    variables = {"modelRunId": MR, "dataRowIds": None, "globalKeys": ["late.jpg"]}
+    await post_graphql(session, clocked, CREATE_DATA_ROW_TASK, variables)
+    await create_import(session, clocked, "early", ndjson([bbox_line(global_key="late.jpg")]))
+    clock.now += 1.0
+    await create_import(session, clocked, "after", ndjson([bbox_line(global_key="late.jpg")]))
+    clock.now += 1.0
+    statuses = [
+        (await get_lines(session, (await wait_done(session, clocked, n))["statusFileUrl"]))[0]
+        for n in ("early", "after")
+    ]
+    assert [s["status"] for s in statuses] == ["FAILURE", "SUCCESS"]
+    assert statuses[0]["errors"][0]["name"] == "DataRowNotInModelRun"
+
+
+def test_the_sandbox_imports_nothing_from_what_it_checks() -> None:
+    import ast
+    from pathlib import Path
+
+    imported: set[str] = set()
+    for path in (Path(__file__).parent.parent / "worker" / "sandbox").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+            elif isinstance(node, ast.Import):
+                imported.update(alias.name for alias in node.names)
+    own = {name for name in imported if name.split(".")[0] in ("worker", "schemas")}
+    assert own
+    assert [name for name in sorted(own) if not name.startswith("worker.sandbox")] == []

@@ -1,6 +1,8 @@
-"""The sandbox checks uploads against the model run's ontology, once one is loaded (worker.ontology).
+"""The sandbox checks uploads against the model run's ontology, once one is loaded, with its own code
+(``worker.sandbox.ontology``, which shares nothing with ``worker.ontology``).
 
-The lines are the worker's own (``worker.convert`` of ``tests.factories`` messages); the ontology is
+The lines are the worker's own (``worker.convert`` of ``tests.factories`` messages) and the Labelbox SDK's
+(``NDJsonConverter``: name and schema id together, snake_case under answers); the ontology is
 tests/data/ontology_every_type.json, which every ``factories.every_type`` prediction fits.
 """
 
@@ -21,8 +23,8 @@ from tests import factories
 from tests.conftest import API_KEY
 from worker.convert import convert, encode
 from worker.labelbox import ImportState, LabelboxClient
-from worker.ontology import Ontology
 from worker.sandbox import Sandbox, SandboxState, validate_import, validate_line
+from worker.sandbox.ontology import OntologyIndex
 from worker.sandbox.validate import ontology_errors
 
 Json = dict[str, Any]
@@ -58,9 +60,7 @@ def names(errors: Any) -> list[str]:
 # --- the pure validator ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "ontology", [NORMALIZED, Ontology.from_normalized(NORMALIZED)], ids=["json", "indexed"]
-)
+@pytest.mark.parametrize("ontology", [NORMALIZED, OntologyIndex.build(NORMALIZED)], ids=["json", "indexed"])
 def test_fitting_lines_pass(ontology: Any) -> None:
     results = validate_import(payload(*factories.every_type()), ontology)
     assert len(results) == len(factories.every_type())
@@ -83,7 +83,7 @@ def test_lines_that_do_not_fit_fail_with_a_labelbox_style_error() -> None:
             {
                 "name": "OntologyMismatch",
                 "message": "classification 'box_flags' does not belong under box > sub > s1; the ontology "
-                "has it under box (classifications under box > sub > s1: 'sub_detail', 'sub_grade')",
+                "has it under box",
                 "additionalInfo": {
                     "path": "classifications.0.answer.classifications.0.name",
                     "code": "misplaced_classification",
@@ -93,8 +93,8 @@ def test_lines_that_do_not_fit_fail_with_a_labelbox_style_error() -> None:
         [
             {
                 "name": "OntologyMismatch",
-                "message": "metric featureName 'car' is neither a tool nor a top-level classification of the "
-                "ontology (tools: 'box', 'pg', 'pt', 'ln', 'mk'; classifications: 'q', 'cl', 'tx')",
+                "message": "metric featureName 'car' is neither a tool nor a top-level classification "
+                "(tools: 'box', 'pg', 'pt', 'ln', 'mk'; classifications: 'q', 'cl', 'tx')",
                 "additionalInfo": {"path": "featureName", "code": "unknown_feature"},
             }
         ],
@@ -102,7 +102,7 @@ def test_lines_that_do_not_fit_fail_with_a_labelbox_style_error() -> None:
 
 
 @pytest.mark.parametrize(
-    "ontology", [None, EMPTY, {}, Ontology.from_normalized(EMPTY)], ids=["none", "empty", "{}", "indexed"]
+    "ontology", [None, EMPTY, {}, OntologyIndex.build(EMPTY)], ids=["none", "empty", "{}", "indexed"]
 )
 def test_no_ontology_or_an_empty_one_checks_nothing(ontology: Any) -> None:
     results = validate_import(payload(factories.bbox(name="anything"), UNKNOWN_ANSWER, MISPLACED), ontology)
@@ -124,6 +124,71 @@ def test_a_malformed_ontology_fails_every_checked_line() -> None:
     assert "ontology.tools.0: 'featureSchemaId' must be a non-empty string" in results[0].errors[0]["message"]
 
 
+def _with_schema_ids(line: Json, *, snake: bool = False) -> Json:
+    """The line with each feature's featureSchemaId beside its name, found by walking the ontology along
+    the line (names repeat at different places); `schema_id` under answers when `snake`, as the SDK does."""
+    line = json.loads(json.dumps(line))
+    if "name" not in line:  # a metric, or a line by schema id already
+        return line
+    if "answer" in line:
+        _question_ids(line, NORMALIZED["classifications"], snake=snake, under_answer=False)
+        return line
+    tool = next(t for t in NORMALIZED["tools"] if t["name"] == line["name"])
+    line["schemaId"] = tool["featureSchemaId"]
+    for item in line.get("classifications") or []:
+        _question_ids(item, tool.get("classifications") or [], snake=snake, under_answer=False)
+    return line
+
+
+def _question_ids(item: Json, scope: list[Json], *, snake: bool, under_answer: bool) -> None:
+    if "name" not in item:
+        return
+    question = next(q for q in scope if q["name"] == item["name"])
+    item["schema_id" if snake and under_answer else "schemaId"] = question["featureSchemaId"]
+    answer = item["answer"]
+    options = answer if isinstance(answer, list) else [answer] if isinstance(answer, dict) else []
+    for option_line in (o for o in options if "name" in o):
+        option = next(o for o in question["options"] if o["value"] == option_line["name"])
+        option_line["schema_id" if snake and under_answer else "schemaId"] = option["featureSchemaId"]
+        for nested in option_line.get("classifications") or []:
+            _question_ids(nested, option.get("options") or [], snake=snake, under_answer=True)
+
+
+def _ids() -> dict[str, str]:
+    found = {t["name"]: t["featureSchemaId"] for t in NORMALIZED["tools"]}
+    radio = next(c for c in NORMALIZED["classifications"] if c["name"] == "q")
+    return {**found, **{o["value"]: o["featureSchemaId"] for o in radio["options"]}}
+
+
+def test_name_and_schema_id_together_fit_when_they_name_one_feature() -> None:
+    lines = [orjson.loads(raw) for raw in payload(*factories.every_type()).splitlines()]
+    for snake in (False, True):
+        both = [_with_schema_ids(line, snake=snake) for line in lines]
+        assert [validate_line(line, NORMALIZED) for line in both] == [[]] * len(both)
+    schema_only = [_with_schema_ids(line) for line in lines]
+    for line in schema_only:
+        line.pop("name", None)
+    assert [validate_line(line, NORMALIZED) for line in schema_only] == [[]] * len(lines)
+
+
+def test_a_name_that_disagrees_with_its_schema_id_fails_naming_both() -> None:
+    ids = _ids()
+    (line,) = [orjson.loads(raw) for raw in payload(factories.bbox()).splitlines()]
+    line["schemaId"], line["name"] = ids["box"], "pg"
+    (found,) = validate_line(line, NORMALIZED)
+    assert found["additionalInfo"] == {"path": "name", "code": "name_mismatch"}
+    assert ids["box"] in found["message"]
+    assert "'pg'" in found["message"]
+    assert "'box'" in found["message"]
+    (radio,) = [orjson.loads(raw) for raw in payload(factories.radio()).splitlines()]
+    radio["answer"]["schemaId"], radio["answer"]["name"] = ids["a"], "b"
+    (found,) = validate_line(radio, NORMALIZED)
+    assert (found["additionalInfo"]["path"], found["additionalInfo"]["code"]) == (
+        "answer.name",
+        "name_mismatch",
+    )
+
+
 def test_ontology_errors_hook() -> None:
     (line,) = [orjson.loads(raw) for raw in payload(UNKNOWN_ANSWER).splitlines()]
     assert names(ontology_errors(line, NORMALIZED)) == ["OntologyMismatch"]
@@ -135,7 +200,7 @@ def test_ontology_errors_hook() -> None:
 
 
 def test_state_fails_rows_that_do_not_fit_and_stores_the_rest() -> None:
-    state = SandboxState(processing_delay_s=0.0)
+    state = SandboxState(processing_delay_s=0.0, require_data_row_membership=False)
     state.load_ontology(MR, NORMALIZED)
     record = state.create_import(MR, "first", payload(factories.bbox(), UNKNOWN_ANSWER))
     assert [s["status"] for s in record.statuses] == ["SUCCESS", "FAILURE"]
@@ -158,6 +223,7 @@ async def wait_done(client: LabelboxClient, name: str) -> ImportState:
 
 
 async def test_loaded_ontology_over_http(sandbox: Sandbox) -> None:
+    sandbox.state.require_data_row_membership = False  # not about membership
     async with aiohttp.ClientSession() as session:
         url = f"{sandbox.base_url}/_sandbox/model-runs/{MR}/ontology"
         async with session.put(url, json=NORMALIZED) as response:

@@ -18,6 +18,8 @@ from worker.settings import Settings
 
 
 def settings_for(bootstrap: str, topic: str, sandbox: Sandbox, **overrides: Any) -> Settings:
+    """The worker's settings for a test. It registers each batch's data rows in the model run before
+    importing (`ensure_data_rows`), as the sandbox, like Labelbox, FAILs rows on data rows not in it."""
     values: dict[str, Any] = {
         "kafka_bootstrap_servers": bootstrap,
         "kafka_topic": topic,
@@ -26,6 +28,7 @@ def settings_for(bootstrap: str, topic: str, sandbox: Sandbox, **overrides: Any)
         "labelbox_api_key": API_KEY,
         "labelbox_graphql_url": sandbox.graphql_url,
         "labelbox_poll_interval_s": 0.05,
+        "ensure_data_rows": True,
         "labelbox_retry_max_s": 5.0,
         "batch_linger_s": 0.2,
         "metrics_port": 0,

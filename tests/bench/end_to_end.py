@@ -77,6 +77,7 @@ async def run_end_to_end(setup: Setup, corpus: Corpus, subset: Corpus, worker_ru
     topic, sdk_topic = f"bench-e2e-{uuid.uuid4().hex[:6]}", f"bench-sdk-{uuid.uuid4().hex[:6]}"
     for name in (topic, sdk_topic):
         await make_topic(setup.bootstrap, name)
+    setup.sandbox.register(corpus.dicts)  # the subset's rows are the corpus's first ones
     ends = await produce(setup.bootstrap, topic, corpus)
     await produce(setup.bootstrap, sdk_topic, subset)
     runs = [await time_worker(setup, topic, ends, attempt) for attempt in range(worker_runs)]

@@ -81,6 +81,7 @@ async def _backlog_topic(setup: Setup, pool: Corpus, backlog: int) -> tuple[str,
     topic = f"bench-mem-{backlog}-{uuid.uuid4().hex[:6]}"
     await make_topic(setup.bootstrap, topic)
     records = replicate(pool, backlog, tag=topic)
+    setup.sandbox.register(records.dicts)
     if backlog:
         await produce(setup.bootstrap, topic, records)
     return topic, records.size

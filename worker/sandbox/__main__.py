@@ -2,7 +2,9 @@
 
 Prints one line, `Labelbox sandbox ready: http://<host>:<port>/graphql`, once it accepts requests. The API
 key comes from `--api-key` or the `SANDBOX_API_KEY` environment variable. `--ontology RUN=FILE` loads a
-Labelbox `normalized` ontology for a model run (rows that do not fit it come back FAILURE).
+Labelbox `normalized` ontology for a model run (rows that do not fit it come back FAILURE). Rows on data
+rows that were not registered in their model run come back FAILURE, as on Labelbox, unless
+`--no-require-data-row-membership`.
 """
 
 from __future__ import annotations
@@ -29,7 +31,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--processing-delay-s", type=float, default=0.2)
     parser.add_argument("--task-delay-s", type=float, default=None, help="default: --processing-delay-s")
     parser.add_argument("--model-run-id", action="append", dest="model_run_ids", help="repeat; default: any")
-    parser.add_argument("--require-data-row-membership", action="store_true")
+    parser.add_argument(
+        "--require-data-row-membership",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="FAIL rows on data rows not registered in the model run, as Labelbox does (default: on)",
+    )
     parser.add_argument(
         "--ontology",
         action="append",

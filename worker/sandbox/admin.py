@@ -9,14 +9,19 @@
   "failedRows"}]`.
 - `GET /_sandbox/requests[?operation=]`: `[{"t", "method", "path", "operation", "model_run_id",
   "import_name", "status", "fault"}]`, `t` in seconds on the sandbox's monotonic clock.
-- `GET /_sandbox/faults`: the rules added since the last clear, with `id`, `fired`, `skipped`, `in_force`.
-- `POST /_sandbox/faults`: a fault rule or a list of them (see `faults.py`) → `{"ids": [...]}`; 400 with
-  pydantic's errors if a rule is invalid.
+- `GET /_sandbox/faults`: the rules added since the last clear, with `id`, `fired`, `skipped`, `in_force`
+  (and `status` / `message` as the kind's defaults fill them in).
+- `POST /_sandbox/faults`: a fault rule or a list of them (see `faults.py`: `kind`, `operation`, `count`,
+  `duration_s`, `skip`, `model_run_id`, `status`, `retry_after_s`, `delay_s`, `code`, `message`,
+  `exception_status`, `uuids`, `data_rows`, `fraction`) → `{"ids": [...]}`; 400 with pydantic's errors if
+  a rule is invalid.
 - `DELETE /_sandbox/faults`: clear all rules; `DELETE /_sandbox/faults/{id}`: remove one.
 - `POST /_sandbox/reset`: forget everything (model runs, imports, predictions, log, faults, blobs).
 - `PUT /_sandbox/model-runs/{id}/ontology`: a Labelbox `normalized` ontology JSON for the model run.
-- `GET`/`PUT /_sandbox/model-runs/{id}/data-rows`: `{"dataRowIds": [...], "globalKeys": [...]}` (PUT
-  replaces).
+- `GET`/`PUT`/`POST /_sandbox/model-runs/{id}/data-rows`: the model run's data-row membership,
+  `{"dataRowIds": [...], "globalKeys": [...]}` (PUT replaces it, POST adds to it). Rows on other data rows
+  FAIL (`DataRowNotInModelRun`) unless the sandbox runs without membership checks; this seeds membership
+  for a test that is not about registering data rows (the real way is the registration mutation).
 - `PUT /_sandbox/blobs/{name}`: raw bytes, then served at `GET /blobs/{name}` (for `fileUrl` imports).
 """
 
@@ -58,6 +63,7 @@ class AdminApi:
             web.put(f"{PREFIX}/model-runs/{{id}}/ontology", self.load_ontology),
             web.get(f"{PREFIX}/model-runs/{{id}}/data-rows", self.data_rows),
             web.put(f"{PREFIX}/model-runs/{{id}}/data-rows", self.set_data_rows),
+            web.post(f"{PREFIX}/model-runs/{{id}}/data-rows", self.add_data_rows),
             web.put(f"{PREFIX}/blobs/{{name}}", self.put_blob),
         ]
 
@@ -132,6 +138,7 @@ class AdminApi:
 
     async def data_rows(self, request: web.Request) -> web.Response:
         try:
+            self.state.settle_tasks()
             run = self.state.model_run(request.match_info["id"])
         except UnknownModelRun:
             return web.json_response({"error": "unknown model run"}, status=404)
@@ -145,6 +152,13 @@ class AdminApi:
             return _bad_request('expected {"dataRowIds": [...], "globalKeys": [...]}')
         ids, keys = body.get("dataRowIds") or [], body.get("globalKeys") or []
         return _model_run_call(lambda: self.state.set_data_rows(request.match_info["id"], ids, keys))
+
+    async def add_data_rows(self, request: web.Request) -> web.Response:
+        body = await _json_body(request)
+        if not isinstance(body, dict):
+            return _bad_request('expected {"dataRowIds": [...], "globalKeys": [...]}')
+        ids, keys = body.get("dataRowIds") or [], body.get("globalKeys") or []
+        return _model_run_call(lambda: self.state.add_data_rows(request.match_info["id"], ids, keys))
 
     async def put_blob(self, request: web.Request) -> web.Response:
         self.state.blobs[request.match_info["name"]] = await request.read()

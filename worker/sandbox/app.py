@@ -6,6 +6,10 @@ Routes (besides the admin API of `admin.py`):
   Status and error files exist once the import is no longer RUNNING (404 before).
 - `GET /blobs/<name>`: bytes put with `PUT /_sandbox/blobs/<name>`, no auth: a place to serve `fileUrl`s from.
 
+A GraphQL request goes through, in order: its transport faults (latency, then one terminal fault: an
+HTTP status, 429, a hang, a reset, a GraphQL error, an empty body), the API key, parsing and validation
+against the schema (`graphql.py`), a `forbidden` fault on its model run, then its resolvers.
+
 A wrong or missing key answers HTTP 401 with
 `{"errors": [{"message": "Invalid API key", "extensions": {"code": "AUTHENTICATION_ERROR"}}], "data": null}`
 (the Labelbox SDK raises `AuthenticationError` on that code). The key is never logged.
@@ -29,7 +33,7 @@ import orjson
 from aiohttp import web
 
 from worker.sandbox.faults import TERMINAL_KINDS, FaultRule
-from worker.sandbox.graphql import GraphQLError, RootField, error_body, parse_request
+from worker.sandbox.graphql import GraphQLError, RootField, error_body, parse_request, root_field_names
 from worker.sandbox.resolvers import (
     Context,
     FetchedFile,
@@ -123,7 +127,7 @@ class SandboxApp:
     # --- POST /graphql ---
 
     async def graphql(self, request: web.Request) -> web.StreamResponse:
-        roots = await _read_roots(request)
+        roots = await _read_roots(request, self.state)
         faulted = await self._transport_fault(request)
         if faulted is not None:
             return faulted
@@ -131,7 +135,20 @@ class SandboxApp:
             return _graphql_error(request, GraphQLError("Invalid API key", "AUTHENTICATION_ERROR", 401))
         if isinstance(roots, GraphQLError):
             return _graphql_error(request, roots)
+        forbidden = self._forbidden(request)
+        if forbidden is not None:
+            return forbidden
         return await self._execute(request, roots)
+
+    def _forbidden(self, request: web.Request) -> web.StreamResponse | None:
+        """The answer of a `forbidden` fault on the request's model run, or None."""
+        call = request[CALL]
+        rule = self.state.faults.take(call.operation, {"forbidden"}, call.model_run_id)
+        if rule is None:
+            return None
+        call.faults.append(rule.kind)
+        error = GraphQLError(rule.effective_message, "AUTHORIZATION_ERROR", rule.effective_status)
+        return _graphql_error(request, error)
 
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
@@ -215,11 +232,11 @@ class SandboxApp:
     async def _transport_fault(self, request: web.Request) -> web.StreamResponse | None:
         """Act out the latency and terminal faults that hit this request; None to answer normally."""
         call = request[CALL]
-        latency = self.state.faults.take(call.operation, {"latency"})
+        latency = self.state.faults.take(call.operation, {"latency"}, call.model_run_id)
         if latency is not None:
             call.faults.append("latency")
             await self._sleep(latency.effective_delay_s)
-        rule = self.state.faults.take(call.operation, TERMINAL_KINDS)
+        rule = self.state.faults.take(call.operation, TERMINAL_KINDS, call.model_run_id)
         if rule is None:
             return None
         call.faults.append(rule.kind)
@@ -234,16 +251,20 @@ class SandboxApp:
             await asyncio.wait_for(self._closing.wait(), timeout=seconds)
 
 
-async def _read_roots(request: web.Request) -> list[RootField] | GraphQLError:
+async def _read_roots(request: web.Request, state: SandboxState) -> list[RootField] | GraphQLError:
     """The request's root fields (noting what it is about on `request`), or why it cannot be read."""
     call = request[CALL]
     try:
         body = await read_graphql_request(request)
-        roots = parse_request(body.query, body.variables)
     except GraphQLError as e:
         return e
+    try:
+        roots = parse_request(body.query, body.variables, body.operation_name)
+    except GraphQLError as e:
+        call.operation = operation_of(next(iter(root_field_names(body.query)), ""))
+        return e
     call.operation = operation_of(roots[0])
-    call.model_run_id, call.import_name = model_run_and_import_name(roots[0])
+    call.model_run_id, call.import_name = model_run_and_import_name(roots[0], state)
     return roots
 
 
@@ -252,14 +273,31 @@ def _fault_response(request: web.Request, rule: FaultRule) -> web.StreamResponse
         message = f"You have exceeded the API rate limit. Retry after {_seconds(rule.retry_after_s)} seconds."
         headers = {"Retry-After": _seconds(rule.retry_after_s)}
         return web.json_response({"message": message}, status=429, headers=headers)
+    status = rule.effective_status
     if rule.kind == "graphql_error":
-        return _graphql_error(request, GraphQLError(rule.message, rule.code))
-    return web.Response(status=rule.status, text=f"{rule.status} {_reason(rule.status)}")
+        error = GraphQLError(rule.message, rule.code, status, rule.exception_status)
+        return _graphql_error(request, error)
+    if rule.kind == "empty_body":
+        return web.json_response({}, status=200)
+    if rule.kind == "expired_url":
+        return web.Response(status=status, body=_expired_url_body(), content_type="application/xml")
+    return web.Response(status=status, text=f"{status} {_reason(status)}")
+
+
+def _expired_url_body() -> bytes:
+    """What S3 answers for a presigned URL past its expiry (Labelbox's status files are such URLs)."""
+    return (
+        b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>AccessDenied</Code>'
+        b"<Message>Request has expired</Message><X-Amz-Expires>86400</X-Amz-Expires>"
+        b"<Expires>2024-01-02T00:00:00Z</Expires><ServerTime>2024-01-03T00:00:00Z</ServerTime>"
+        b"<RequestId>SANDBOX0EXPIRED0</RequestId><HostId>sandbox</HostId></Error>"
+    )
 
 
 def _graphql_error(request: web.Request, e: GraphQLError) -> web.StreamResponse:
     request[CALL].error_code = e.code
-    return web.json_response(error_body(e.message, e.code), status=e.http_status)
+    body = error_body(e.message, e.code, e.exception_status)
+    return web.json_response(body, status=e.http_status)
 
 
 def _reason(status: int) -> str:

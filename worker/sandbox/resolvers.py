@@ -9,9 +9,14 @@ Errors a client must recognise:
   exists in model run '<id>'", "extensions": {"code": "RESOURCE_CONFLICT"}}], "data": null}` (the Labelbox SDK
   raises `ResourceConflict` for that code);
 - unknown import name: `RESOURCE_NOT_FOUND` (the SDK then raises `ResourceNotFoundError`);
-- `contentLength` that differs from the file's byte length, a missing file: `MALFORMED_REQUEST`. The one
-  exception: a request whose `X-User-Agent` starts with `python-sdk` (the Labelbox SDK) may send the SDK's
-  inflated `len(str(file_bytes))`, which real Labelbox accepts from it.
+- `contentLength` that differs from the file's byte length, both or neither of `filePayload` / `fileUrl`:
+  `MALFORMED_REQUEST`. The one exception: a request whose `X-User-Agent` starts with `python-sdk` (the
+  Labelbox SDK) may send the SDK's inflated `len(str(file_bytes))`, which real Labelbox accepts from it;
+- an import refused whole (the `import_refused` fault): `INTERNAL_SERVER_ERROR` with
+  `extensions.exception.status` 400.
+
+Arguments arrive validated and coerced against the schema (`graphql.py`), so a resolver only checks what
+the schema cannot say.
 """
 
 from __future__ import annotations
@@ -20,11 +25,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.sandbox.graphql import GraphQLError, RootField, project
+from worker.sandbox.graphql import GraphQLError, RootField, Upload, project
 from worker.sandbox.state import (
     EMPTY_ONTOLOGY,
     ImportNameConflict,
     ImportRecord,
+    ImportRefused,
     ModelRun,
     SandboxState,
     UnknownModelRun,
@@ -33,15 +39,6 @@ from worker.sandbox.state import (
 CREATE_IMPORT = "createModelErrorAnalysisPredictionImport"
 POLL_IMPORT = "modelErrorAnalysisPredictionImport"
 TIMESTAMP = "2024-01-01T00:00:00.000Z"
-
-
-@dataclass(frozen=True)
-class Upload:
-    """A file part of a GraphQL multipart request, put where the `map` part pointed."""
-
-    filename: str
-    content_type: str
-    data: bytes
 
 
 @dataclass(frozen=True)
@@ -73,39 +70,48 @@ Resolve = Callable[[Context, Mapping[str, Any]], Any]
 @dataclass(frozen=True)
 class RootResolver:
     operation: str
-    type_name: str
     resolve: Resolve
 
 
 def resolve_field(context: Context, root: RootField) -> Any:
     """The value of one root field, projected on its selection. Raises GraphQLError."""
+    if root.name == "__typename":
+        return root.type_name
     resolver = ROOT_FIELDS.get(root.name)
-    if resolver is None:
-        raise GraphQLError(
-            f'Cannot query field "{root.name}" on type "Query".', "GRAPHQL_VALIDATION_FAILED", 400
-        )
-    value = resolver.resolve(context, root.arguments)
-    return project(value, root.selection, resolver.type_name) if isinstance(value, dict) else value
+    if resolver is None:  # the schema has a root field that no resolver serves: a sandbox bug
+        raise GraphQLError(f"The sandbox does not serve {root.name}", "INTERNAL_SERVER_ERROR")
+    return project(resolver.resolve(context, root.arguments), root.selection, root.type_name)
 
 
-def operation_of(root: RootField) -> str:
-    """The fault/log operation name of a root field (`unknown` for fields the sandbox does not serve)."""
-    resolver = ROOT_FIELDS.get(root.name)
+def operation_of(root: RootField | str) -> str:
+    """The fault/log operation name of a root field or field name (`unknown` for fields not served)."""
+    resolver = ROOT_FIELDS.get(root if isinstance(root, str) else root.name)
     return resolver.operation if resolver else "unknown"
 
 
-def model_run_and_import_name(root: RootField) -> tuple[str | None, str | None]:
-    """The model run id and import name a request is about, for the request log."""
+def model_run_and_import_name(root: RootField, state: SandboxState) -> tuple[str | None, str | None]:
+    """The model run a request is about (named, or reached: a model's, an ontology's, a task's) and the
+    import name, for the request log and for faults scoped to one model run."""
+    operation = operation_of(root)
     data, where = _object(root.arguments, "data"), _object(root.arguments, "where")
     model_run_id = data.get("modelRunId") or where.get("modelRunId")
-    if model_run_id is None and operation_of(root) in ("model_run", "register_data_rows", "register_labels"):
+    if model_run_id is None and operation in ("model_run", "register_data_rows", "register_labels"):
         model_run_id = where.get("id")
-    name = (
-        data.get("name") or where.get("name")
-        if operation_of(root) in ("create_import", "poll_import")
-        else None
-    )
+    if model_run_id is None and operation in ("model", "ontology", "task_status"):
+        model_run_id = _reached_model_run(state, operation, where.get("id"))
+    name = data.get("name") or where.get("name") if operation in ("create_import", "poll_import") else None
     return _str_or_none(model_run_id), _str_or_none(name)
+
+
+def _reached_model_run(state: SandboxState, operation: str, some_id: Any) -> str | None:
+    if not isinstance(some_id, str):
+        return None
+    if operation == "task_status":
+        task = state.tasks.get(some_id)
+        return task.model_run_id if task is not None else None
+    find = state.model_run_by_model if operation == "model" else state.model_run_by_ontology
+    run = find(some_id)
+    return run.id if run is not None else None
 
 
 def import_view(record: ImportRecord, now: float, files_url: str) -> dict[str, Any]:
@@ -135,6 +141,8 @@ def _create_import(context: Context, arguments: Mapping[str, Any]) -> dict[str, 
         record = context.state.create_import(model_run_id, name, payload, failure=failure)
     except ImportNameConflict as e:
         raise GraphQLError(str(e), "RESOURCE_CONFLICT") from e
+    except ImportRefused as e:
+        raise GraphQLError(str(e), "INTERNAL_SERVER_ERROR", exception_status=400) from e
     except UnknownModelRun as e:
         raise GraphQLError(f"Model run '{model_run_id}' not found", "RESOURCE_NOT_FOUND") from e
     context.created.append(record)
@@ -198,7 +206,18 @@ def _model_run(context: Context, arguments: Mapping[str, Any]) -> dict[str, Any]
 
 
 def _user(context: Context, arguments: Mapping[str, Any]) -> dict[str, Any]:
-    return {"id": "sandbox-user", "email": "sandbox@localhost", "name": "Sandbox User"}
+    return {
+        "id": "clsandboxuser000000000001",
+        "email": "sandbox@localhost",
+        "name": "Sandbox User",
+        "nickname": "sandbox",
+        "picture": None,
+        "createdAt": TIMESTAMP,
+        "updatedAt": TIMESTAMP,
+        "lastLoginAt": TIMESTAMP,
+        "isViewer": False,
+        "isExternalUser": False,
+    }
 
 
 def _model(context: Context, arguments: Mapping[str, Any]) -> dict[str, Any]:
@@ -239,8 +258,7 @@ def _register_data_rows(context: Context, arguments: Mapping[str, Any]) -> str:
     data_row_ids, global_keys = _str_list(data, "dataRowIds"), _str_list(data, "globalKeys")
     if not data_row_ids and not global_keys:
         raise GraphQLError("Provide dataRowIds or globalKeys", "MALFORMED_REQUEST")
-    run.add_data_rows(data_row_ids, global_keys)
-    return context.state.create_task("data_rows", run.id).id
+    return context.state.create_task("data_rows", run.id, data_row_ids, global_keys).id
 
 
 def _register_project_labels(context: Context, arguments: Mapping[str, Any]) -> str:
@@ -262,6 +280,7 @@ def _register_labels(context: Context, arguments: Mapping[str, Any]) -> str:
 def _task_status(kind: str) -> Resolve:
     def resolve(context: Context, arguments: Mapping[str, Any]) -> dict[str, Any]:
         task_id = _required_str(_object(arguments, "where"), "id")
+        context.state.settle_tasks()
         task = context.state.tasks.get(task_id)
         if task is None or task.kind != kind:
             raise GraphQLError(f"Task '{task_id}' not found", "RESOURCE_NOT_FOUND")
@@ -307,17 +326,17 @@ def _str_or_none(value: Any) -> str | None:
 
 
 ROOT_FIELDS: dict[str, RootResolver] = {
-    CREATE_IMPORT: RootResolver("create_import", "ModelErrorAnalysisPredictionImport", _create_import),
-    POLL_IMPORT: RootResolver("poll_import", "ModelErrorAnalysisPredictionImport", _poll_import),
-    "modelRun": RootResolver("model_run", "ModelRun", _model_run),
-    "user": RootResolver("user", "User", _user),
-    "model": RootResolver("model", "Model", _model),
-    "ontology": RootResolver("ontology", "Ontology", _ontology),
-    "createMEAModelRunDataRowRegistrationTask": RootResolver("register_data_rows", "ID", _register_data_rows),
+    CREATE_IMPORT: RootResolver("create_import", _create_import),
+    POLL_IMPORT: RootResolver("poll_import", _poll_import),
+    "modelRun": RootResolver("model_run", _model_run),
+    "user": RootResolver("user", _user),
+    "model": RootResolver("model", _model),
+    "ontology": RootResolver("ontology", _ontology),
+    "createMEAModelRunDataRowRegistrationTask": RootResolver("register_data_rows", _register_data_rows),
     "createMEAModelRunProjectLabelRegistrationTask": RootResolver(
-        "register_labels", "ID", _register_project_labels
+        "register_labels", _register_project_labels
     ),
-    "createMEAModelRunLabelRegistrationTask": RootResolver("register_labels", "ID", _register_labels),
-    "MEADataRowRegistrationTaskStatus": RootResolver("task_status", "TaskStatus", _task_status("data_rows")),
-    "MEALabelRegistrationTaskStatus": RootResolver("task_status", "TaskStatus", _task_status("labels")),
+    "createMEAModelRunLabelRegistrationTask": RootResolver("register_labels", _register_labels),
+    "MEADataRowRegistrationTaskStatus": RootResolver("task_status", _task_status("data_rows")),
+    "MEALabelRegistrationTaskStatus": RootResolver("task_status", _task_status("labels")),
 }

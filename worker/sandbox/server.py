@@ -28,9 +28,10 @@ class Sandbox:
 
     `api_key`: the only key `POST /graphql` accepts. `port=0` picks a free port (read `base_url`).
     `processing_delay_s`: how long imports and tasks report RUNNING. `model_run_ids`: if given, the only
-    model runs that exist (else any id is accepted). `require_data_row_membership`: FAIL rows on data rows
-    that were not registered in the model run. `task_delay_s`: how long registration tasks report RUNNING
-    (default `processing_delay_s`). `state`: bring your own (e.g. with a fake clock).
+    model runs that exist (else any id is accepted). `require_data_row_membership` (default True, as on
+    Labelbox): FAIL rows on data rows that were not registered in the model run; False lets them succeed.
+    `task_delay_s`: how long registration tasks report RUNNING (default `processing_delay_s`). `state`:
+    bring your own (e.g. with a fake clock).
     """
 
     def __init__(
@@ -41,7 +42,7 @@ class Sandbox:
         port: int = 0,
         processing_delay_s: float = 0.2,
         model_run_ids: Iterable[str] | None = None,
-        require_data_row_membership: bool = False,
+        require_data_row_membership: bool = True,
         task_delay_s: float | None = None,
         state: SandboxState | None = None,
     ) -> None:

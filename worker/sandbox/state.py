@@ -1,4 +1,5 @@
-"""Everything the sandbox remembers: model runs, imports, stored predictions, tasks, the request log, faults.
+"""Everything the sandbox remembers: model runs (and their data rows), imports, stored predictions, tasks,
+the request log, faults.
 
 Pure: no I/O, no awaits; time comes from the injected clock (seconds, monotonic). An import is processed
 (validated, its SUCCESS rows stored) when it is created; it *reports* RUNNING until its processing delay has
@@ -25,6 +26,10 @@ IMPORT_FAULT_ORDER = ("import_failed", "row_failure", "slow_import", "lost_respo
 
 class ImportNameConflict(Exception):
     """An import with this name already exists in this model run."""
+
+
+class ImportRefused(Exception):
+    """An injected `import_refused` fault refused the import whole; nothing was created."""
 
 
 class UnknownModelRun(Exception):
@@ -120,13 +125,20 @@ class ImportRecord:
 
 @dataclass
 class Task:
-    """A data-row or label registration task; COMPLETE once the processing delay has passed."""
+    """A data-row or label registration task; COMPLETE once the processing delay has passed.
+
+    A data-row task's rows (`data_row_ids`, `global_keys`) join the model run when it completes, not
+    before: an import that does not wait for its registration meets rows not yet in the model run.
+    """
 
     id: str
     kind: str
     model_run_id: str
     created_at: float
     processing_delay_s: float
+    data_row_ids: tuple[str, ...] = ()
+    global_keys: tuple[str, ...] = ()
+    applied: bool = False
 
     def status_at(self, now: float) -> str:
         return "RUNNING" if now - self.created_at < self.processing_delay_s else "COMPLETE"
@@ -162,7 +174,8 @@ class SandboxState:
 
     `model_run_ids`: if given, only these model runs exist; otherwise any id is accepted and the model run
     is created on first use. `require_data_row_membership`: rows on data rows not registered in the model
-    run FAIL (DataRowNotInModelRun), as on Labelbox; off by default. `task_delay_s`: how long registration
+    run (by the registration mutation, or `set_data_rows`) FAIL with `DataRowNotInModelRun`, as on
+    Labelbox; on by default. `task_delay_s`: how long registration
     tasks report RUNNING (default: `processing_delay_s`; the Labelbox SDK sleeps 5 s between task polls).
     """
 
@@ -171,7 +184,7 @@ class SandboxState:
         *,
         processing_delay_s: float = 0.2,
         model_run_ids: Iterable[str] | None = None,
-        require_data_row_membership: bool = False,
+        require_data_row_membership: bool = True,
         task_delay_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -188,6 +201,7 @@ class SandboxState:
         self.model_runs: dict[str, ModelRun] = {}
         self.imports: dict[str, ImportRecord] = {}
         self.tasks: dict[str, Task] = {}
+        self._pending_tasks: list[Task] = []
         self.request_log: list[RequestRecord] = []
         self.blobs: dict[str, bytes] = {}
         self._imports_by_name: dict[tuple[str, str], ImportRecord] = {}
@@ -227,6 +241,12 @@ class SandboxState:
     def model_run_by_ontology(self, ontology_id: str) -> ModelRun | None:
         return next((run for run in self.model_runs.values() if run.ontology_id == ontology_id), None)
 
+    def add_data_rows(
+        self, model_run_id: str, data_row_ids: Iterable[str] = (), global_keys: Iterable[str] = ()
+    ) -> None:
+        """Add data rows to the model run's membership (what a completed registration task does)."""
+        self.model_run(model_run_id).add_data_rows(data_row_ids, global_keys)
+
     def load_ontology(self, model_run_id: str, normalized: dict[str, Any]) -> None:
         """Give a model run an ontology (Labelbox `normalized` JSON)."""
         self.model_run(model_run_id).ontology = normalized
@@ -254,19 +274,27 @@ class SandboxState:
         failure: str | None = None,
         faults: ImportFaults | None = None,
     ) -> ImportRecord:
-        """Validate and store an upload. Raises ImportNameConflict, UnknownModelRun.
+        """Validate and store an upload. Raises ImportNameConflict, UnknownModelRun, ImportRefused.
 
         `failure`: make the import end FAILED for this reason (e.g. its fileUrl could not be fetched).
-        `faults`: the injected faults to apply; by default those in force for `create_import` are taken
-        from `self.faults`, only once the import is known to be created.
+        `faults`: the injected faults to apply; by default those in force for `create_import` (and this
+        model run) are taken from `self.faults`, only once the import is known to be created; an
+        `import_refused` or `import_failed` rule with `uuids` / `data_rows` only when a line is chosen.
         """
         run = self.model_run(model_run_id)
         if (model_run_id, name) in self._imports_by_name:
             raise ImportNameConflict(
                 f"Import with name '{name}' already exists in model run '{model_run_id}'"
             )
-        faults = faults if faults is not None else self._take_import_faults()
+        self.settle_tasks()
         results = validate_import(payload, run.ontology)
+        lines = [(result.uuid, _status_data_row(result.data_row)) for result in results]
+        refusal = self.faults.take(
+            "create_import", {"import_refused"}, model_run_id, lambda rule: rule.holds_a_chosen_line(lines)
+        )
+        if refusal is not None:
+            raise ImportRefused(refusal.effective_message)
+        faults = faults if faults is not None else self._take_import_faults(model_run_id, lines)
         record = ImportRecord(
             id=synthetic_id("im", f"{len(self.imports)}/{model_run_id}/{name}"),
             name=name,
@@ -285,9 +313,14 @@ class SandboxState:
             self._store(model_run_id, record, results)
         return record
 
-    def _take_import_faults(self) -> ImportFaults:
+    def _take_import_faults(
+        self, model_run_id: str, lines: list[tuple[str | None, dict[str, Any] | None]]
+    ) -> ImportFaults:
+        def chosen(rule: FaultRule) -> bool:
+            return rule.kind != "import_failed" or rule.holds_a_chosen_line(lines)
+
         def take(kind: str) -> FaultRule | None:
-            return self.faults.take("create_import", {kind})
+            return self.faults.take("create_import", {kind}, model_run_id, chosen)
 
         failed, row_failure, slow, lost = (take(kind) for kind in IMPORT_FAULT_ORDER)
         return ImportFaults(
@@ -316,7 +349,7 @@ class SandboxState:
             return []
         if self.require_data_row_membership and not run.has_data_row(result.data_row):
             return [error("DataRowNotInModelRun", f"Data row {result.data_row} is not in model run {run.id}")]
-        if row_failure is not None and row_failure.fails_row(result.uuid):
+        if row_failure is not None and row_failure.fails_row(result.uuid, _status_data_row(result.data_row)):
             return [error(ROW_FAILURE_ERROR_NAME, row_failure.message)]
         return []
 
@@ -361,16 +394,36 @@ class SandboxState:
 
     # --- tasks ---
 
-    def create_task(self, kind: str, model_run_id: str) -> Task:
+    def create_task(
+        self,
+        kind: str,
+        model_run_id: str,
+        data_row_ids: Iterable[str] = (),
+        global_keys: Iterable[str] = (),
+    ) -> Task:
+        """A registration task; a `data_rows` task adds its rows to the model run once COMPLETE."""
         task = Task(
             id=synthetic_id("tk", f"{len(self.tasks)}/{kind}/{model_run_id}"),
             kind=kind,
             model_run_id=model_run_id,
             created_at=self.clock(),
             processing_delay_s=self.task_delay_s,
+            data_row_ids=tuple(data_row_ids),
+            global_keys=tuple(global_keys),
         )
         self.tasks[task.id] = task
+        self._pending_tasks.append(task)
+        self.settle_tasks()
         return task
+
+    def settle_tasks(self) -> None:
+        """Apply the data rows of the registration tasks that have completed by now."""
+        now = self.clock()
+        for task in self._pending_tasks:
+            if not task.applied and task.status_at(now) == "COMPLETE":
+                task.applied = True
+                self.model_run(task.model_run_id).add_data_rows(task.data_row_ids, task.global_keys)
+        self._pending_tasks = [task for task in self._pending_tasks if not task.applied]
 
     # --- request log ---
 

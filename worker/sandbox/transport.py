@@ -13,8 +13,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from worker.sandbox.graphql import GraphQLError
-from worker.sandbox.resolvers import Upload
+from worker.sandbox.graphql import GraphQLError, Upload
 
 _MALFORMED = "MALFORMED_REQUEST"
 
@@ -23,6 +22,7 @@ _MALFORMED = "MALFORMED_REQUEST"
 class GraphQLRequest:
     query: str
     variables: dict[str, Any]
+    operation_name: str | None = None
 
 
 async def read_graphql_request(request: web.Request) -> GraphQLRequest:
@@ -44,7 +44,10 @@ def _operation(body: Any) -> GraphQLRequest:
         variables = {}
     if not isinstance(variables, dict):
         raise GraphQLError('"variables" must be a JSON object', _MALFORMED, 400)
-    return GraphQLRequest(query=body["query"], variables=variables)
+    operation_name = body.get("operationName")
+    if operation_name is not None and not isinstance(operation_name, str):
+        raise GraphQLError('"operationName" must be a string', _MALFORMED, 400)
+    return GraphQLRequest(query=body["query"], variables=variables, operation_name=operation_name)
 
 
 async def _read_multipart(request: web.Request) -> GraphQLRequest:

@@ -9,17 +9,20 @@ Rules (shared/LABELBOX.md section 1):
 - `uuid` is a UUID string, unique within the import; metric lines may omit it, and then get a uuid derived
   from their content (uuid5), so that they can still be stored and counted;
 - exactly one payload key: `bbox`, `point`, `line`, `polygon`, `mask`, `answer` or `metricValue`;
-- every non-metric line, answer and nested classification has exactly one of `name` / `schemaId`;
+- every non-metric line, answer and nested classification has `name`, `schemaId` or both (non-empty
+  strings); inside an answer's nested classifications the SDK's snake_case `schema_id` / `custom_metrics`
+  are accepted too (the SDK writes them there), but not both spellings of one key on one object;
 - geometry is finite numbers; bbox height/width >= 0; line >= 2 points; polygon >= 3 points;
 - masks are `{"png": <base64 PNG>}` or `{"instanceURI": str, "colorRGB": [r, g, b]}`;
 - metrics: number or {threshold: number} (2-15 thresholds) with a mean/SUM aggregation, or [tp, fp, tn, fn]
   non-negative ints (or {threshold: [4 ints]}) with CONFUSION_MATRIX; reserved scalar metric names refused;
 - `confidence`, wherever present, is a number in [0, 1].
 
-Then, only for a line without any of the errors above, the model run's ontology (`worker.ontology`): the
-feature exists, fits the line's kind, every answer is an option of its question and every nested
-classification belongs to its parent. A mismatch is one error `{"name": "OntologyMismatch", "message",
-"additionalInfo": {"path": <dotted path>, "code": <worker.ontology code>}}`. No ontology, or an empty one
+Then, only for a line without any of the errors above, the model run's ontology (the sandbox's own
+`ontology.py`): the feature exists (a schema id and a name given together must name the same feature), fits
+the line's kind, every answer is an option of its question and every nested classification belongs to its
+parent. A mismatch is one error `{"name": "OntologyMismatch", "message", "additionalInfo": {"path": <dotted
+path>, "code": <ontology.py code>}}`. No ontology, or an empty one
 (`{"tools": [], "classifications": []}`, what a model run has until one is loaded), means not checked. A
 malformed ontology fails every line that would be checked, with `InvalidOntology`.
 """
@@ -37,18 +40,29 @@ from typing import Any
 
 import orjson
 
-from schemas.predictions import RESERVED_METRIC_NAMES
-from worker.ontology import Ontology
+from worker.sandbox.ontology import OntologyIndex
 
 Error = dict[str, Any]
 Errors = list[Error]
 #: A model run's ontology as `normalized` JSON, or already indexed.
-OntologyArg = Mapping[str, Any] | Ontology | None
+OntologyArg = Mapping[str, Any] | OntologyIndex | None
 
 PAYLOAD_KEYS = ("bbox", "point", "line", "polygon", "mask", "answer", "metricValue")
 SCALAR_AGGREGATIONS = frozenset({"ARITHMETIC_MEAN", "GEOMETRIC_MEAN", "HARMONIC_MEAN", "SUM"})
 CONFUSION_AGGREGATION = "CONFUSION_MATRIX"
-RESERVED_SCALAR_METRIC_NAMES = RESERVED_METRIC_NAMES  # the same names Labelbox reserves
+#: The scalar metric names Labelbox computes itself (the SDK refuses them, case and spaces aside).
+RESERVED_SCALAR_METRIC_NAMES = frozenset(
+    {
+        "true_positive_count",
+        "false_positive_count",
+        "true_negative_count",
+        "false_negative_count",
+        "precision",
+        "recall",
+        "f1",
+        "iou",
+    }
+)
 MAX_NESTING_DEPTH = 32
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
@@ -62,7 +76,7 @@ class _InvalidOntology:
     reason: str
 
 
-_Checker = Ontology | _InvalidOntology | None
+_Checker = OntologyIndex | _InvalidOntology | None
 
 
 @dataclass(frozen=True)
@@ -134,12 +148,12 @@ def ontology_errors(line: Mapping[str, Any], ontology: OntologyArg) -> Errors:
 
 
 def _checker(ontology: OntologyArg) -> _Checker:
-    if ontology is None or isinstance(ontology, Ontology):
+    if ontology is None or isinstance(ontology, OntologyIndex):
         return None if ontology is None or ontology.is_empty else ontology
     if not ontology.get("tools") and not ontology.get("classifications"):
         return None  # what a model run answers before an ontology is loaded: nothing to check against
     try:
-        return Ontology.from_normalized(ontology)
+        return OntologyIndex.build(ontology)
     except ValueError as e:
         return _InvalidOntology(str(e))
 
@@ -226,22 +240,27 @@ def _uuid_errors(line: dict[str, Any], required: bool) -> Errors:
 
 def _annotation_errors(line: dict[str, Any], kind: str) -> Errors:
     return [
-        *_feature_reference_errors(line, ""),
+        *_feature_reference_errors(line, "", nested=False),
         *_confidence_errors(line, ""),
         *_PAYLOAD_CHECKS[kind](line[kind], kind, 0),
         *_classifications_errors(line.get("classifications"), "classifications", 1),
-        *_custom_metrics_errors(line.get("customMetrics"), "customMetrics"),
+        *_custom_metrics_errors(line, "", nested=False),
     ]
 
 
-def _feature_reference_errors(obj: dict[str, Any], path: str) -> Errors:
-    name, schema_id = obj.get("name"), obj.get("schemaId")
-    if (name is None) == (schema_id is None):
-        message = f"{path or 'line'} must have exactly one of name or schemaId"
+def _feature_reference_errors(obj: dict[str, Any], path: str, *, nested: bool) -> Errors:
+    """`name`, `schemaId` (or, nested under an answer, the SDK's `schema_id`) or both, non-empty strings."""
+    spellings = ("schemaId", "schema_id") if nested else ("schemaId",)
+    given = [key for key in ("name", *spellings) if obj.get(key) is not None]
+    if not given:
+        message = f"{path or 'line'} must have a name or a schemaId (or both)"
         return [error("InvalidFeatureReference", message, path or None)]
-    key, value = ("name", name) if name is not None else ("schemaId", schema_id)
-    if not isinstance(value, str) or not value:
-        return [error("InvalidFeatureReference", f"{key} must be a non-empty string", _join(path, key))]
+    if "schemaId" in given and "schema_id" in given:
+        message = f"{path} has both schemaId and schema_id: give one spelling"
+        return [error("InvalidFeatureReference", message, _join(path, "schema_id"))]
+    for key in given:
+        if not isinstance(obj[key], str) or not obj[key]:
+            return [error("InvalidFeatureReference", f"{key} must be a non-empty string", _join(path, key))]
     return []
 
 
@@ -253,14 +272,19 @@ def _confidence_errors(obj: dict[str, Any], path: str) -> Errors:
     return [error("InvalidConfidence", message, _join(path, "confidence"))]
 
 
-def _custom_metrics_errors(value: Any, path: str) -> Errors:
+def _custom_metrics_errors(obj: dict[str, Any], path: str, *, nested: bool) -> Errors:
+    """`customMetrics` (or, nested under an answer, the SDK's `custom_metrics`), if present."""
+    if nested and "customMetrics" in obj and "custom_metrics" in obj:
+        message = f"{path} has both customMetrics and custom_metrics: give one spelling"
+        return [error("InvalidCustomMetrics", message, _join(path, "custom_metrics"))]
+    key = "custom_metrics" if nested and "custom_metrics" in obj else "customMetrics"
+    value = obj.get(key)
     if value is None:
         return []
     if isinstance(value, list) and all(_is_custom_metric(item) for item in value):
         return []
-    return [
-        error("InvalidCustomMetrics", 'customMetrics must be a list of {"name": str, "value": number}', path)
-    ]
+    message = f'{key} must be a list of {{"name": str, "value": number}}'
+    return [error("InvalidCustomMetrics", message, _join(path, key))]
 
 
 def _is_custom_metric(item: Any) -> bool:
@@ -283,10 +307,10 @@ def _classification_errors(item: Any, path: str, depth: int) -> Errors:
     if "answer" not in item:
         return [error("InvalidClassification", "a classification must have an answer", path)]
     return [
-        *_feature_reference_errors(item, path),
+        *_feature_reference_errors(item, path, nested=_under_answer(path)),
         *_confidence_errors(item, path),
         *_answer_errors(item["answer"], _join(path, "answer"), depth),
-        *_custom_metrics_errors(item.get("customMetrics"), _join(path, "customMetrics")),
+        *_custom_metrics_errors(item, path, nested=_under_answer(path)),
     ]
 
 
@@ -304,12 +328,18 @@ def _answer_errors(answer: Any, path: str, depth: int) -> Errors:
 def _option_errors(option: Any, path: str, depth: int) -> Errors:
     if not isinstance(option, dict):
         return [error("InvalidAnswer", "an answer option must be an object", path)]
+    nested = _under_answer(path.rsplit("answer", 1)[0])  # where its question is
     return [
-        *_feature_reference_errors(option, path),
+        *_feature_reference_errors(option, path, nested=nested),
         *_confidence_errors(option, path),
         *_classifications_errors(option.get("classifications"), _join(path, "classifications"), depth + 1),
-        *_custom_metrics_errors(option.get("customMetrics"), _join(path, "customMetrics")),
+        *_custom_metrics_errors(option, path, nested=nested),
     ]
+
+
+def _under_answer(path: str) -> bool:
+    """Whether the object at `path` is nested under an answer, where the SDK writes snake_case keys."""
+    return "answer" in path
 
 
 def _bbox_errors(value: Any, path: str, depth: int) -> Errors:
@@ -394,7 +424,7 @@ def _metric_name_errors(line: dict[str, Any], shape: str) -> Errors:
         return [error("InvalidMetric", "a confusion matrix metric needs a metricName", "metricName")]
     if name is not None and not isinstance(name, str):
         return [error("InvalidMetric", "metricName must be a string", "metricName")]
-    if shape == "scalar" and name in RESERVED_SCALAR_METRIC_NAMES:
+    if shape == "scalar" and name is not None and name.lower().strip() in RESERVED_SCALAR_METRIC_NAMES:
         return [error("InvalidMetric", f"metricName {name!r} is reserved", "metricName")]
     return []
 

@@ -25,6 +25,7 @@ from worker.labelbox import (
     ImportState,
     LabelboxClient,
     RequestRejected,
+    StatusUrlExpired,
     TransientError,
     _http_error,
     _retry_after,
@@ -367,37 +368,25 @@ async def test_import_failed_is_reported_failed(server: Sandbox) -> None:
 # --- status files ----------------------------------------------------------------------------------
 
 
-async def test_status_file_404_that_stops_is_retried(server: Sandbox) -> None:
+@pytest.mark.parametrize("status", [403, 404])
+async def test_a_status_url_that_answers_403_or_404_is_expired_not_an_auth_error(
+    server: Sandbox, status: int
+) -> None:
+    """Signed URLs expire: the client says so at once (the pipeline polls the import for a fresh URL)."""
     async with client_for(server) as client:
-        await client.create_import(MR, "late-status", PAYLOAD)
-        done = await wait_done(client, "late-status")
+        await client.create_import(MR, "expiring", PAYLOAD)
+        done = await wait_done(client, "expiring")
     assert done.status_file_url is not None
-    server.state.add_fault(FaultRule(kind="http_status", operation="status_file", status=404, count=2))
+    server.state.add_fault(FaultRule(kind="http_status", operation="status_file", status=status, count=1))
     retries = RetryLog()
     async with client_for(server, retries) as client:
-        rows = await client.fetch_statuses(done.status_file_url)
+        with pytest.raises(StatusUrlExpired) as caught:
+            await client.fetch_statuses(done.status_file_url)
+        assert not caught.value.retriable
+        rows = await client.fetch_statuses(done.status_file_url)  # the URL works again
     assert sorted(row.uuid for row in rows) == [row_uuid(1), row_uuid(2)]
-    assert {row.status for row in rows} == {"SUCCESS"}
-    assert retries.calls == [("status_file", "404", s) for s in retries.sleeps]
-    assert len(retries.calls) == 2
-    assert statuses(server.state.requests("status_file")) == [404, 404, 200]
-
-
-async def test_status_file_404_that_persists_gives_up_after_retry_max_s(server: Sandbox) -> None:
-    retry_max_s = 0.5
-    url = f"{server.base_url}/files/clnosuchimport00000000000/status.ndjson"
-    retries = RetryLog()
-    started = time.monotonic()
-    async with client_for(server, retries, retry_max_s=retry_max_s) as client:
-        with pytest.raises(TransientError) as caught:
-            await client.fetch_statuses(url)
-    elapsed = time.monotonic() - started
-    assert caught.value.cause == "404"
-    # The budget bounds the whole retrying: it gives up when the next sleep would pass it.
-    assert elapsed < retry_max_s + 0.5
-    assert len(retries.calls) >= 1
-    assert set(retries.causes) == {"404"}
-    assert statuses(server.state.requests("status_file")) == [404] * (len(retries.calls) + 1)
+    assert retries.calls == [], "not retried by the client, which cannot refresh the URL"
+    assert statuses(server.state.requests("status_file")) == [status, 200]
 
 
 # --- the retry budget ------------------------------------------------------------------------------

@@ -284,15 +284,21 @@ def assert_committed_only_settled(outcome: Outcome) -> None:
 
 
 def assert_one_import_per_batch(sandbox: Sandbox) -> None:
-    """No batch uploaded twice under another name: imports hold disjoint uuids, none uploaded twice."""
+    """No batch uploaded twice under another name: imports hold disjoint uuids, none uploaded twice.
+
+    A FAILED import stored nothing: the halves its batch is split into upload its uuids again, which
+    is bisection, not a duplicate; so uuids are counted over the imports that did not fail."""
     seen: dict[str, str] = {}
+    uploads = Counter[str]()
     for record in sandbox.state.imports.values():
+        if record.failure is not None:
+            continue
         for row in record.statuses:
             row_uuid = row["uuid"]
             assert row_uuid not in seen, f"{row_uuid} in imports {seen[row_uuid]!r} and {record.name!r}"
             seen[row_uuid] = record.name
-    for run, counts in sandbox.state.all_counts().items():
-        assert counts["reuploaded_uuids"] == 0, (run, counts)
+            uploads[row_uuid] += 1
+    assert set(uploads.values()) <= {1}
 
 
 def import_of(sandbox: Sandbox, row_uuid: str) -> Any:
@@ -304,14 +310,15 @@ def import_of(sandbox: Sandbox, row_uuid: str) -> Any:
 def expected_reasons(sent: list[Sent], sandbox: Sandbox) -> dict[Origin, str | None]:
     """The reason each message must be dead-lettered with, None for imported.
 
-    An import the sandbox made FAIL: its messages are ``import_failed``; a row it reported FAILURE:
+    An import of one message that the sandbox made FAIL: that message is ``import_failed`` (a FAILED
+    import of several is split until the failing message stands alone); a row it reported FAILURE:
     ``labelbox_rejected``; an invalid message: its own reason code.
     """
     failed_imports: set[str] = set()
     failed_rows: set[str] = set()
     for record in sandbox.state.imports.values():
         rows = {row["uuid"] for row in record.statuses if row["uuid"]}
-        if record.failure is not None:
+        if record.failure is not None and sum(1 for s in sent if s.uuids & rows) == 1:
             failed_imports |= rows
         failed_rows |= {row["uuid"] for row in record.statuses if row["status"] == "FAILURE"}
     expected: dict[Origin, str | None] = {}
@@ -481,14 +488,45 @@ def check_reset(sandbox: Sandbox, _: Outcome) -> dict[str, Any]:
 
 
 def check_import_failed(sandbox: Sandbox, outcome: Outcome) -> dict[str, Any]:
+    """One import FAILED once (not about its content): its batch was split and every half imported."""
     failed = [r for r in sandbox.state.imports.values() if r.failure is not None]
     assert len(failed) == 1
-    dead = [r for r in outcome.dlq if r.headers[H_REASON] == "import_failed"]
-    assert dead, "the messages of the FAILED import are dead-lettered"
-    assert {r.headers[H_IMPORT] for r in dead} == {failed[0].name}
-    assert len(dead) == len(failed[0].statuses) // 2  # two rows per message
-    assert sandbox.state.predictions(failed[0].model_run_id), "the other imports of that run went through"
-    return {"failed_import_messages": len(dead)}
+    assert len(failed[0].statuses) > 2, "a batch of several messages"
+    assert outcome.dlq == [], "the halves went through: nothing dead-lettered"
+    failed_uuids = {u["uuid"] for u in failed[0].statuses}
+    halves = [
+        r
+        for r in sandbox.state.imports.values()
+        if r.failure is None and {u["uuid"] for u in r.statuses} < failed_uuids
+    ]
+    assert {u["uuid"] for h in halves for u in h.statuses} == failed_uuids
+    return {"bisection_imports": len(halves)}
+
+
+def poison(sent: list[Sent]) -> Sent:
+    """The message the poison faults aim at: the 6th valid one."""
+    return [s for s in sent if s.uuids][5]
+
+
+def poison_key(sent: list[Sent]) -> str:
+    value = poison(sent).value
+    assert value is not None
+    return str(orjson.loads(value)["data_row"]["global_key"])
+
+
+def check_poison_failed(sandbox: Sandbox, outcome: Outcome) -> dict[str, Any]:
+    """Imports holding the poison message end FAILED: bisection leaves it alone, in the DLQ."""
+    (dead,) = outcome.dlq
+    assert dead.headers[H_REASON] == "import_failed"
+    assert (int(dead.headers["dlq.origin.partition"]), int(dead.headers["dlq.origin.offset"])) == (
+        poison(outcome.sent).origin
+    )
+    failed = [r for r in sandbox.state.imports.values() if r.failure is not None]
+    alone = min(failed, key=lambda r: len(r.statuses))
+    assert dead.headers[H_IMPORT] == alone.name, "named after the import of it alone"
+    assert {u["uuid"] for u in alone.statuses} == poison(outcome.sent).uuids
+    assert dead.headers[H_ERROR]
+    return {"failed_imports": len(failed), "imports": len(sandbox.state.imports)}
 
 
 def doomed_rows(sent: list[Sent]) -> tuple[str, ...]:
@@ -587,6 +625,10 @@ CASES: dict[str, Case] = {
     "import-failed": Case(
         _rules(FaultRule(kind="import_failed", count=1, message="Injected: the import FAILED")),
         check_import_failed,
+    ),
+    "import-failed-poison": Case(
+        lambda sent: [FaultRule(kind="import_failed", data_rows=(poison_key(sent),), count=None)],
+        check_poison_failed,
     ),
     "row-failure": Case(
         lambda sent: [FaultRule(kind="row_failure", uuids=doomed_rows(sent), count=None)], check_row_failure
@@ -716,7 +758,7 @@ INVALID = (
 )
 
 
-def mixed_faults() -> list[FaultRule]:
+def mixed_faults(sent: list[Sent]) -> list[FaultRule]:
     return [
         FaultRule(kind="http_status", status=500, operation="create_import", count=2),
         FaultRule(kind="http_status", status=502, operation="poll_import", count=2, skip=1),
@@ -728,7 +770,8 @@ def mixed_faults() -> list[FaultRule]:
         FaultRule(kind="graphql_error", operation="poll_import", count=2, skip=4),
         FaultRule(kind="http_status", status=404, operation="status_file", count=2, skip=4),
         FaultRule(kind="latency", operation="any", delay_s=0.3, count=6, skip=2),
-        FaultRule(kind="import_failed", count=1, skip=1),
+        FaultRule(kind="import_failed", count=1, skip=1),  # not about content: the halves go through
+        FaultRule(kind="import_failed", data_rows=(poison_key(sent),), count=None),  # about one message
         FaultRule(kind="row_failure", fraction=0.05, count=None),
         FaultRule(kind="lost_response", count=1, skip=3),
         FaultRule(kind="slow_import", delay_s=0.5, count=2, skip=2),
@@ -738,7 +781,7 @@ def mixed_faults() -> list[FaultRule]:
 async def test_all_labelbox_faults_mixed_lose_nothing(bootstrap: str, topic: str, sandbox: Sandbox) -> None:
     partitions = 2
     sent = stream(90, partitions, RUNS, invalid=INVALID)
-    for rule in mixed_faults():
+    for rule in mixed_faults(sent):
         sandbox.state.add_fault(rule)
     outcome = await run_scenario(
         "mixed",

@@ -50,6 +50,21 @@ class Batch(Generic[Item]):
         """The NDJSON file: every line of every message, newline-terminated."""
         return b"".join(line.data + b"\n" for item in self.items for line in item.lines)
 
+    def split(self) -> tuple[Batch[Item], Batch[Item]]:
+        """Two batches of the first and the second half of the messages (a message is never cut).
+
+        Needs at least two messages; used to isolate what Labelbox refuses (bisection)."""
+        if len(self.items) < 2:
+            raise ValueError("a batch of fewer than two messages cannot be split")
+        middle = len(self.items) // 2
+        halves = (
+            Batch[Item](self.model_run_id, self.opened_at),
+            Batch[Item](self.model_run_id, self.opened_at),
+        )
+        for index, item in enumerate(self.items):
+            halves[index >= middle].append(item, _stats(item))
+        return halves
+
     def lines(self) -> Iterator[tuple[Item, NdjsonLine]]:
         """Every (message, line) pair, in upload order."""
         for item in self.items:

@@ -54,14 +54,25 @@ REGISTER_PROJECT_LABELS = """mutation registerProjectLabels($modelRunId: ID!, $p
 REGISTER_LABELS = """mutation registerLabels($modelRunId: ID!, $labelIds: [ID!]!) {
   createMEAModelRunLabelRegistrationTask(where: {id: $modelRunId}, data: {labelIds: $labelIds})
 }"""
+_TASK_MUTATIONS = {
+    REGISTER_DATA_ROWS: "createMEAModelRunDataRowRegistrationTask",
+    REGISTER_PROJECT_LABELS: "createMEAModelRunProjectLabelRegistrationTask",
+    REGISTER_LABELS: "createMEAModelRunLabelRegistrationTask",
+}
 _TASK_FIELD = {"data_rows": "MEADataRowRegistrationTaskStatus", "labels": "MEALabelRegistrationTaskStatus"}
+#: The SDK's shape: the whole ``where`` is one variable.
 TASK_STATUS = {
-    kind: f"query taskStatus($id: ID!) {{ {field}(where: {{id: $id}}) {{ status errorMessage }} }}"
+    kind: "query taskStatus($where: WhereUniqueIdInput!) {\n"
+    f"  {field}(where: $where) {{ status errorMessage }}\n}}"
     for kind, field in _TASK_FIELD.items()
 }
 _BACKOFF_BASE_S, _BACKOFF_CAP_S = 0.5, 30.0
-_TRANSIENT_CODES = frozenset({"INTERNAL_SERVER_ERROR", "SERVICE_UNAVAILABLE", "TOO_MANY_REQUESTS"})
-_AUTH_CODES = frozenset({"AUTHENTICATION_ERROR", "AUTHORIZATION_ERROR", "UNAUTHENTICATED", "FORBIDDEN"})
+#: GraphQL error codes, classified as Labelbox's SDK (lbox/request_client.py) classifies them.
+_TRANSIENT_CODES = frozenset({"SERVICE_UNAVAILABLE", "TOO_MANY_REQUESTS"})
+_AUTH_CODES = frozenset({"AUTHENTICATION_ERROR", "UNAUTHENTICATED"})
+_FORBIDDEN_CODES = frozenset({"AUTHORIZATION_ERROR", "FORBIDDEN"})
+#: How Labelbox words a rate limit, whatever the HTTP status (the SDK's ApiLimitError).
+_RATE_LIMIT_PREFIX = "You have exceeded"
 
 
 class LabelboxError(Exception):
@@ -83,7 +94,7 @@ class TransientError(LabelboxError):
 
 
 class AuthenticationError(LabelboxError):
-    """The API key is invalid or lacks access: fatal for the worker."""
+    """The API key is invalid: fatal for the worker (every request would fail the same way)."""
 
     cause = "auth"
 
@@ -94,6 +105,19 @@ class RequestRejected(LabelboxError):
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class Forbidden(RequestRejected):
+    """The key is valid but may not access this resource (a model run of another organisation):
+    fatal for that model run's messages only."""
+
+
+class StatusUrlExpired(LabelboxError):
+    """The status file's signed URL answered 403/404 (expired): poll the import again for a fresh one.
+
+    Not retried by the client, which cannot refresh the URL itself."""
+
+    cause = "expired_url"
 
 
 class ImportNameTaken(RequestRejected):
@@ -158,30 +182,68 @@ def _retry_after(value: str | None) -> float | None:
     return min(max(seconds, 0.0), 600.0)
 
 
-def _graphql_errors(errors: list[dict[str, Any]]) -> LabelboxError:
+def _graphql_errors(errors: list[Any]) -> LabelboxError:
+    """The error a GraphQL ``errors`` list means, read as the SDK reads it (first error decides)."""
     first = errors[0] if errors and isinstance(errors[0], dict) else {}
     message = str(first.get("message", "GraphQL error"))[:500]
-    code = (first.get("extensions") or {}).get("code")
+    extensions: dict[str, Any] = first.get("extensions") or {}
+    if not isinstance(extensions, dict):
+        extensions = {}
+    code = extensions.get("code")
     if code in _AUTH_CODES:
         return AuthenticationError(f"Labelbox refused the API key: {message}")
+    if code in _FORBIDDEN_CODES:
+        return Forbidden(f"Labelbox error {code}: {message}", code)
+    if message.startswith(_RATE_LIMIT_PREFIX):
+        return TransientError(f"rate limited: {message}", "429")
     if code in _TRANSIENT_CODES:
+        return TransientError(f"Labelbox error {code}: {message}", "graphql")
+    if code == "INTERNAL_SERVER_ERROR":
+        status = _exception_status(extensions)
+        if status is not None and 400 <= status < 500:  # a client error Labelbox reports this way
+            return RequestRejected(f"Labelbox refused the request (status {status}): {message}", code)
         return TransientError(f"Labelbox error {code}: {message}", "graphql")
     if code == "RESOURCE_CONFLICT" or "already exists" in message:
         return ImportNameTaken(message, code)
     return RequestRejected(f"Labelbox error {code}: {message}", code)
 
 
+def _exception_status(extensions: dict[str, Any]) -> int | None:
+    exception = extensions.get("exception")
+    status = exception.get("status") if isinstance(exception, dict) else None
+    try:
+        return int(status) if status is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _errors_in(body: bytes) -> list[Any] | None:
+    """The GraphQL ``errors`` of a JSON body, or None when it has none."""
+    if not body.lstrip().startswith(b"{"):
+        return None
+    try:
+        answer = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    errors = answer.get("errors") if isinstance(answer, dict) else None
+    return errors if isinstance(errors, list) and errors else None
+
+
 def _http_error(status: int, body: bytes, retry_after: str | None) -> LabelboxError:
+    """The error a non-200 answer means. Below 500 a GraphQL ``errors`` body decides, as in the SDK."""
     text = body[:300].decode("utf-8", "replace")
-    if status == 400 and body.lstrip().startswith(b"{"):
-        with contextlib.suppress(orjson.JSONDecodeError):
-            answer = orjson.loads(body)
-            if isinstance(answer, dict) and isinstance(answer.get("errors"), list) and answer["errors"]:
-                return _graphql_errors(answer["errors"])
-    if status in (401, 403):
-        return AuthenticationError(f"Labelbox answered HTTP {status}: the API key is invalid or lacks access")
-    if status == 429:
-        return TransientError(f"rate limited (HTTP 429): {text}", "429", _retry_after(retry_after))
+    errors = _errors_in(body) if status < 500 else None
+    if errors is not None:
+        error = _graphql_errors(errors)
+        if isinstance(error, TransientError) and status == 429:
+            error.retry_after_s = _retry_after(retry_after)
+        return error
+    if text.startswith(_RATE_LIMIT_PREFIX) or status == 429:
+        return TransientError(f"rate limited (HTTP {status}): {text}", "429", _retry_after(retry_after))
+    if status == 401:
+        return AuthenticationError("Labelbox answered HTTP 401: the API key is invalid")
+    if status == 403:
+        return Forbidden(f"Labelbox answered HTTP 403: no access ({text})", "FORBIDDEN")
     if status == 408 or status >= 500:
         return TransientError(
             f"HTTP {status}: {text}", "5xx" if status >= 500 else "408", _retry_after(retry_after)
@@ -304,8 +366,20 @@ class LabelboxClient:
         data = answer.get("data")
         return data if isinstance(data, dict) else {}
 
-    async def _query(self, query: str, variables: dict[str, Any]) -> dict[str, Any]:
-        return await self._post(orjson.dumps({"query": query, "variables": variables}), "application/json")
+    @staticmethod
+    def _root(data: dict[str, Any], field: str) -> Any:
+        """The answer's ``data.<field>`` (None when Labelbox answered it with null).
+
+        An answer without it at all is not an answer to this operation: a transient error, so the
+        call is retried like any other failure instead of escaping as a KeyError."""
+        if field not in data:
+            raise TransientError(f"Labelbox answered without data for {field}", "no_data")
+        return data[field]
+
+    async def _query(self, query: str, variables: dict[str, Any], field: str) -> Any:
+        """``data.<field>`` of one GraphQL query (see :meth:`_root`)."""
+        data = await self._post(orjson.dumps({"query": query, "variables": variables}), "application/json")
+        return self._root(data, field)
 
     # --- operations ----------------------------------------------------------------------------
 
@@ -313,9 +387,20 @@ class LabelboxClient:
         """One authenticated request. Raises :class:`AuthenticationError` for a bad key."""
 
         async def call() -> None:
-            await self._query(CHECK_AUTH, {})
+            try:
+                await self._query(CHECK_AUTH, {}, "user")
+            except Forbidden as exc:  # a key that may not even read its own user is no usable key
+                raise AuthenticationError(f"Labelbox refused the API key: {exc}") from exc
 
         await self._retrying("check_auth", call)
+
+    async def probe(self) -> bool:
+        """Whether Labelbox answers one cheap authenticated query now (no retries, never raises)."""
+        try:
+            await self._query(CHECK_AUTH, {}, "user")
+        except LabelboxError:
+            return False
+        return True
 
     async def create_import(self, model_run_id: str, name: str, payload: bytes) -> ImportState:
         """Upload ``payload`` (NDJSON) as a new import, or adopt the existing import of that name.
@@ -332,7 +417,10 @@ class LabelboxClient:
                 if existing is None:
                     raise
                 return existing
-            return ImportState.from_json(data["createModelErrorAnalysisPredictionImport"])
+            created = self._root(data, "createModelErrorAnalysisPredictionImport")
+            if not isinstance(created, dict):
+                raise TransientError("Labelbox answered the import creation with no import", "no_data")
+            return ImportState.from_json(created)
 
         return await self._retrying("create_import", call)
 
@@ -351,12 +439,12 @@ class LabelboxClient:
 
         async def call() -> ImportState | None:
             try:
-                data = await self._query(GET_IMPORT, {"modelRunId": model_run_id, "name": name})
+                variables = {"modelRunId": model_run_id, "name": name}
+                found = await self._query(GET_IMPORT, variables, "modelErrorAnalysisPredictionImport")
             except RequestRejected as exc:
-                if exc.code == "RESOURCE_NOT_FOUND":
+                if exc.code == "RESOURCE_NOT_FOUND" and not isinstance(exc, Forbidden):
                     return None
                 raise
-            found = data.get("modelErrorAnalysisPredictionImport")
             return ImportState.from_json(found) if isinstance(found, dict) else None
 
         return await self._retrying("poll_import", call)
@@ -368,9 +456,11 @@ class LabelboxClient:
         """
 
         async def call() -> dict[str, Any]:
-            run = (await self._query(MODEL_RUN, {"id": model_run_id})).get("modelRun") or {}
-            model = (await self._query(MODEL, {"id": run.get("modelId")})).get("model") or {}
-            ontology = (await self._query(ONTOLOGY, {"id": model.get("ontologyId")})).get("ontology") or {}
+            run = await self._query(MODEL_RUN, {"id": model_run_id}, "modelRun")
+            if not isinstance(run, dict):
+                raise RequestRejected(f"model run {model_run_id} does not exist", "RESOURCE_NOT_FOUND")
+            model = await self._query(MODEL, {"id": run.get("modelId")}, "model") or {}
+            ontology = await self._query(ONTOLOGY, {"id": model.get("ontologyId")}, "ontology") or {}
             normalized = ontology.get("normalized")
             if isinstance(normalized, str):
                 normalized = orjson.loads(normalized)
@@ -385,8 +475,13 @@ class LabelboxClient:
     async def register_data_rows(
         self, model_run_id: str, data_row_ids: list[str], global_keys: list[str]
     ) -> str:
-        """Start adding data rows to the model run; returns the task id."""
-        variables = {"modelRunId": model_run_id, "dataRowIds": data_row_ids, "globalKeys": global_keys}
+        """Start adding data rows to the model run; returns the task id. An empty list is sent as null,
+        as the SDK sends an absent one."""
+        variables = {
+            "modelRunId": model_run_id,
+            "dataRowIds": data_row_ids or None,
+            "globalKeys": global_keys or None,
+        }
         return await self._task("register_data_rows", REGISTER_DATA_ROWS, variables)
 
     async def register_labels(
@@ -401,9 +496,10 @@ class LabelboxClient:
         return await self._task("register_labels", query, variables)
 
     async def _task(self, operation: str, query: str, variables: dict[str, Any]) -> str:
+        field = _TASK_MUTATIONS[query]
+
         async def call() -> str:
-            data = await self._query(query, variables)
-            task_id = next(iter(data.values()), None)
+            task_id = await self._query(query, variables, field)
             if not isinstance(task_id, str):
                 raise RequestRejected(f"{operation}: Labelbox returned no task id")
             return task_id
@@ -414,14 +510,16 @@ class LabelboxClient:
         """Status of a ``data_rows`` or ``labels`` registration task."""
 
         async def call() -> TaskStatus:
-            data = await self._query(TASK_STATUS[kind], {"id": task_id})
-            found = next(iter(data.values()), None) or {}
+            found = await self._query(TASK_STATUS[kind], {"where": {"id": task_id}}, _TASK_FIELD[kind]) or {}
             return TaskStatus(str(found.get("status")), found.get("errorMessage"))
 
         return await self._retrying("task_status", call)
 
     async def fetch_statuses(self, url: str) -> list[RowStatus]:
-        """Read a status file (signed URL: no auth header). A 404 is retried as transient."""
+        """Read a status file (signed URL: no auth header).
+
+        Raises :class:`StatusUrlExpired` when the URL answers 403 or 404 (signed URLs expire; the
+        caller polls the import again for a fresh one)."""
 
         async def call() -> list[RowStatus]:
             if self._session is None:
@@ -429,8 +527,8 @@ class LabelboxClient:
             with _transport_errors("status file request"):
                 async with self._session.get(url) as response:
                     body = await response.read()
-                    if response.status == 404:
-                        raise TransientError("status file not found (HTTP 404)", "404")
+                    if response.status in (403, 404):
+                        raise StatusUrlExpired(f"status file URL answered HTTP {response.status}")
                     if response.status != 200:
                         raise _http_error(response.status, body, response.headers.get("Retry-After"))
             return _parse_statuses(body)

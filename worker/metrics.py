@@ -39,6 +39,16 @@ class Metrics:
         self.imports = Counter(
             f"{PREFIX}_imports", "Labelbox imports settled, by outcome", ["outcome"], registry=r
         )
+        self.bisection_imports = Counter(
+            f"{PREFIX}_bisection_imports",
+            "Imports of half a batch, made to isolate messages Labelbox refused",
+            registry=r,
+        )
+        self.forbidden_model_runs = Gauge(
+            f"{PREFIX}_forbidden_model_runs",
+            "Model runs the API key may not access (their messages go to the DLQ)",
+            registry=r,
+        )
         self.import_latency = Histogram(
             f"{PREFIX}_import_latency_seconds",
             "From batch close to settled (uploaded, finished, status read)",

@@ -35,12 +35,15 @@ from worker.batcher import Batch, Batcher, BatchLimits
 from worker.convert import NdjsonLine, convert
 from worker.decode import Rejection, decode
 from worker.dlq import DeadLetter, DeadLetterWriter, replay_count
+from worker.isolation import BisectionBudget, ForbiddenRuns, Refused
 from worker.labelbox import (
     AuthenticationError,
+    Forbidden,
     ImportState,
     LabelboxClient,
     RequestRejected,
     RowStatus,
+    StatusUrlExpired,
     TransientError,
 )
 from worker.logs import ctx
@@ -60,6 +63,10 @@ _RECORD_OVERHEAD_BYTES = 200
 _LINE_OVERHEAD_BYTES = 250
 #: How many times in a row one batch may fail its CRC check (each time fetched again) before the worker stops.
 _CORRUPT_FETCHES_MAX = 3
+#: How many times an expired status-file URL is refreshed (by polling the import) before giving up.
+_STATUS_URL_REFRESHES = 3
+#: GraphQL codes that refuse the request itself, whatever it carries: splitting the batch cannot help.
+_NOT_ABOUT_CONTENT = frozenset({"GRAPHQL_VALIDATION_FAILED", "GRAPHQL_PARSE_FAILED", "MALFORMED_REQUEST"})
 #: How often, and how patiently, the broker is checked for readiness.
 _BROKER_CHECK_EVERY_S = _BROKER_CHECK_TIMEOUT_S = 5.0
 
@@ -167,8 +174,11 @@ class Pipeline:
         self._queue: asyncio.Queue[list[Envelope] | None] | None = None
         self._stopping: asyncio.Event | None = None
         self._commit_wanted: asyncio.Event | None = None
-        self._upload_slots: asyncio.Semaphore | None = None
+        self._upload_slots = asyncio.Semaphore(settings.upload_concurrency)
         self._labelbox_ok = True
+        self._forbidden = ForbiddenRuns(settings.labelbox_forbidden_ttl_s)
+        self._last_import_ok: float | None = None  # clock time an import last settled
+        self._in_flight = 0
         self._broker_ok = True
         self._stop_requested = False
         self._corrupt: tuple[tuple[TopicPartition, int] | None, int] = (None, 0)  # where, how many times
@@ -186,7 +196,6 @@ class Pipeline:
         if self._stop_requested:
             self._stopping.set()
         self._commit_wanted = asyncio.Event()
-        self._upload_slots = asyncio.Semaphore(self._settings.upload_concurrency)
         self._consumer.subscribe([self._settings.kafka_topic], listener=_Rebalance(self))
         self._stages = {
             "fetch": asyncio.create_task(self._fetch_loop(), name="fetch"),
@@ -203,7 +212,9 @@ class Pipeline:
         self._executor.shutdown(wait=False, cancel_futures=True)
         if crashed is not None:
             return EXIT_UNDECODABLE if isinstance(crashed, UndecodableBatch) else EXIT_INTERNAL
-        return EXIT_AUTH if isinstance(self.fatal, AuthenticationError) else EXIT_OK
+        if self.fatal is None:
+            return EXIT_OK
+        return EXIT_AUTH if isinstance(self.fatal, AuthenticationError) else EXIT_INTERNAL
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (idempotent; safe from a signal handler)."""
@@ -405,6 +416,8 @@ class Pipeline:
         up the others.
         """
         run = envelope.model_run_id
+        if run is not None and self._dead_letter_if_forbidden(envelope, run):
+            return
         if self._ontologies is None or run is None:
             self._add_to_batch(envelope)
             return
@@ -438,6 +451,11 @@ class Pipeline:
             except AuthenticationError as exc:
                 self._fail(exc)
                 return  # parked messages stay unsettled; the worker is stopping
+            except Forbidden as exc:
+                self._forbid(run, exc)
+                for envelope in self._parked.pop(run, []):
+                    self._dead_letter_if_forbidden(envelope, run)
+                return
             except RequestRejected as exc:
                 for envelope in self._parked.pop(run, []):
                     if self._owned(envelope):
@@ -457,6 +475,24 @@ class Pipeline:
             # Just fetched: a miss now is a real mismatch, not a stale cache.
             bodies = (line.body for line in envelope.lines)
             self._apply_verdict(envelope, self._ontologies.verdict(run, bodies, refetch_on_miss=False))
+
+    def _forbid(self, run: str, error: Forbidden) -> None:
+        """Labelbox refused this model run to the key: its messages go to the DLQ for a while."""
+        if self._forbidden.refusal(run, self._clock()) is None:
+            log.warning("model_run_forbidden", extra=ctx(model_run_id=run, error=str(error)))
+        self._forbidden.forbid(run, str(error), self._clock())
+        self._metrics.forbidden_model_runs.set(self._forbidden.count(self._clock()))
+
+    def _dead_letter_if_forbidden(self, envelope: Envelope, run: str) -> bool:
+        refusal = self._forbidden.refusal(run, self._clock())
+        self._metrics.forbidden_model_runs.set(self._forbidden.count(self._clock()))
+        if refusal is None:
+            return False
+        if self._owned(envelope):
+            self._spawn(self._dead_letter(envelope, "model_run_forbidden", [refusal]))
+        else:
+            self._release(envelope)
+        return True
 
     def _owned(self, envelope: Envelope) -> bool:
         return self._trackers.get(envelope.tp) is envelope.tracker
@@ -496,46 +532,124 @@ class Pipeline:
     # --- 4. import -----------------------------------------------------------------------------
 
     async def _upload(self, batch: Batch[Envelope], closed_at: float) -> None:
-        assert self._upload_slots is not None
+        outcome = await self._import_in_slot(batch)
+        if isinstance(outcome, Refused):
+            budget = BisectionBudget(self._settings.import_bisect_max_imports)
+            await self._isolate(batch, outcome, budget)
+        self._metrics.import_latency.observe(self._clock() - closed_at)
+
+    async def _import_in_slot(self, batch: Batch[Envelope]) -> str | Refused:
+        """One import round holding an upload slot; the slot is free again before any bisection."""
         async with self._upload_slots:
+            self._in_flight += 1
             self._metrics.imports_in_flight.inc()
             try:
                 outcome = await self._import(batch)
             finally:
+                self._in_flight -= 1
                 self._metrics.imports_in_flight.dec()
-        self._metrics.imports.labels(outcome).inc()
-        self._metrics.import_latency.observe(self._clock() - closed_at)
+        self._metrics.imports.labels(outcome if isinstance(outcome, str) else outcome.outcome).inc()
+        return outcome
 
-    async def _import(self, batch: Batch[Envelope]) -> str:
+    async def _isolate(self, batch: Batch[Envelope], refused: Refused, budget: BisectionBudget) -> None:
+        """Split a refused batch and import each half, recursively, until the messages Labelbox
+        refuses stand alone; only those are dead-lettered (all of it once the budget is spent)."""
+        if len(batch.items) < 2 or not refused.bisect or not budget.take(2):
+            if len(batch.items) > 1:
+                log.warning(
+                    "bisection_stopped",
+                    extra=ctx(
+                        model_run_id=batch.model_run_id,
+                        import_name=refused.import_name,
+                        messages=len(batch.items),
+                    ),
+                )
+            await self._dead_letter_all(batch, refused.reason, list(refused.errors), refused.import_name)
+            return
+        log.info(
+            "import_bisected",
+            extra=ctx(
+                model_run_id=batch.model_run_id, import_name=refused.import_name, messages=len(batch.items)
+            ),
+        )
+        await asyncio.gather(*(self._import_half(half, budget) for half in batch.split()))
+
+    async def _import_half(self, half: Batch[Envelope], budget: BisectionBudget) -> None:
+        self._metrics.bisection_imports.inc()
+        outcome = await self._import_in_slot(half)
+        if isinstance(outcome, Refused):
+            await self._isolate(half, outcome, budget)
+
+    async def _import(self, batch: Batch[Envelope]) -> str | Refused:
+        """Import one batch and settle its messages; a :class:`Refused` batch is left to the caller."""
         payload = batch.payload()
         name = import_name(self._settings.kafka_topic, batch, payload)
         run = batch.model_run_id
+        refusal = self._forbidden.refusal(run, self._clock())
+        if refusal is not None:
+            await self._dead_letter_all(batch, "model_run_forbidden", [refusal], None)
+            return "forbidden"
         log.info(
             "import_started",
             extra=ctx(model_run_id=run, import_name=name, rows=batch.rows, bytes=len(payload)),
         )
+        rounds, failing_since = 0, None
         while True:
             try:
-                await self._ensure_data_rows(batch)
-                state = await self._lb.create_import(run, name, payload)
-                state = await self._follow(state)
-                self._labelbox_ok = True
-                return await self._settle_import(batch, state)
+                return await self._import_round(batch, name, payload)
             except AuthenticationError as exc:
                 self._fail(exc)
                 return "auth_error"
+            except Forbidden as exc:
+                self._forbid(run, exc)
+                await self._dead_letter_all(batch, "model_run_forbidden", [str(exc)], name)
+                return "forbidden"
             except RequestRejected as exc:
-                await self._dead_letter_all(batch, "import_rejected", [str(exc)], name)
-                return "rejected"
+                if exc.code == "RESOURCE_NOT_FOUND":
+                    await self._dead_letter_all(
+                        batch, "model_run_unavailable", [f"model_run_id: {exc}"], name
+                    )
+                    return "model_run_unavailable"
+                return Refused(
+                    "import_rejected", (str(exc),), name, "rejected", exc.code not in _NOT_ABOUT_CONTENT
+                )
             except RegistrationFailed as exc:
                 await self._dead_letter_all(batch, "data_row_registration_failed", [str(exc)], None)
                 return "registration_failed"
             except TransientError as exc:
                 self._labelbox_ok = False
+                rounds, failing_since = rounds + 1, failing_since or self._clock()
+                if rounds >= self._settings.import_max_rounds and await self._labelbox_healthy(failing_since):
+                    errors = (f"failed {rounds} times while Labelbox was healthy; last: {exc}",)
+                    return Refused("import_failed_repeatedly", errors, name, "failed_repeatedly")
                 log.warning(
-                    "import_retry_round", extra=ctx(model_run_id=run, import_name=name, error=str(exc))
+                    "import_retry_round",
+                    extra=ctx(model_run_id=run, import_name=name, error=str(exc), round=rounds),
                 )
-                await asyncio.sleep(random.uniform(1.0, 5.0))
+                await asyncio.sleep(self._round_pause_s())
+
+    async def _import_round(self, batch: Batch[Envelope], name: str, payload: bytes) -> str | Refused:
+        await self._ensure_data_rows(batch)
+        state = await self._lb.create_import(batch.model_run_id, name, payload)
+        state = await self._follow(state)
+        self._labelbox_ok = True
+        self._last_import_ok = self._clock()
+        return await self._settle_import(batch, state)
+
+    def _round_pause_s(self) -> float:
+        """Between two rounds of one import: 1 to 5 s (shorter when the retry budget is shorter)."""
+        return random.uniform(0.2, 1.0) * min(5.0, max(0.5, self._settings.labelbox_retry_max_s))
+
+    async def _labelbox_healthy(self, failing_since: float) -> bool:
+        """Labelbox works for others: an import settled since this batch first failed, or else (every
+        import in flight failing too, or none) a cheap query answers."""
+        if self._last_import_ok is not None and self._last_import_ok > failing_since:
+            healthy = True
+        else:
+            healthy = await self._lb.probe()
+        if healthy:
+            self._labelbox_ok = True  # this batch's trouble is its own: do not hold readiness on it
+        return healthy
 
     async def _ensure_data_rows(self, batch: Batch[Envelope]) -> None:
         if self._data_rows is None:
@@ -559,16 +673,11 @@ class Pipeline:
             state = polled
         return state
 
-    async def _settle_import(self, batch: Batch[Envelope], state: ImportState) -> str:
+    async def _settle_import(self, batch: Batch[Envelope], state: ImportState) -> str | Refused:
         if state.state == "FAILED":
-            await self._dead_letter_all(
-                batch, "import_failed", [f"Labelbox import {state.name} FAILED"], state.name
-            )
-            return "failed"
+            return Refused("import_failed", (f"Labelbox import {state.name} FAILED",), state.name, "failed")
         try:
-            if not state.status_file_url:
-                raise TransientError("FINISHED import has no status file", "no_status_file")
-            rows = await self._lb.fetch_statuses(state.status_file_url)
+            rows = await self._read_statuses(state)
         except TransientError as exc:
             await self._dead_letter_all(batch, "import_status_unavailable", [str(exc)], state.name)
             return "status_unavailable"
@@ -584,6 +693,21 @@ class Pipeline:
             ),
         )
         return "partial" if any(failed) else "success"
+
+    async def _read_statuses(self, state: ImportState) -> list[RowStatus]:
+        """The status file's rows; an expired signed URL is refreshed by polling the import again."""
+        for _ in range(_STATUS_URL_REFRESHES):
+            if not state.status_file_url:
+                raise TransientError("FINISHED import has no status file", "no_status_file")
+            try:
+                return await self._lb.fetch_statuses(state.status_file_url)
+            except StatusUrlExpired as exc:
+                log.info("status_url_refreshed", extra=ctx(import_name=state.name, error=str(exc)))
+                polled = await self._lb.get_import(state.model_run_id, state.name)
+                if polled is None:
+                    raise TransientError(f"import {state.name} is not found", "import_missing") from exc
+                state = polled
+        raise TransientError(f"the status file URL of {state.name} kept expiring", "expired_url")
 
     async def _settle_message(self, envelope: Envelope, statuses: dict[str, RowStatus], name: str) -> bool:
         problems = [_row_problem(line, statuses.get(line.uuid)) for line in envelope.lines]

@@ -10,10 +10,10 @@ import time
 from collections.abc import Awaitable
 
 from worker.dlq import DeadLetterWriter
-from worker.labelbox import AuthenticationError, LabelboxClient
+from worker.labelbox import AuthenticationError, LabelboxClient, LabelboxError, TransientError
 from worker.logs import configure, ctx
 from worker.metrics import Metrics
-from worker.pipeline import EXIT_AUTH, EXIT_SETTINGS, Pipeline
+from worker.pipeline import EXIT_AUTH, EXIT_OK, EXIT_SETTINGS, Pipeline
 from worker.preparation import DataRowRegistry, OntologyCache
 from worker.server import OpsServer
 from worker.settings import Settings, SettingsError
@@ -56,11 +56,30 @@ class Service:
         """Run until :meth:`request_stop` or a fatal error; returns the exit status."""
         async with self.labelbox:
             try:
-                await self.labelbox.check_auth()
+                if not await self._check_key():
+                    return EXIT_OK  # stopped before Labelbox could be asked
             except AuthenticationError as exc:
                 log.error("labelbox_authentication_failed", extra=ctx(error=str(exc)))
                 return EXIT_AUTH
+            except LabelboxError as exc:  # e.g. HTTP 404: LABELBOX_GRAPHQL_URL is not Labelbox's API
+                log.error("labelbox_check_refused", extra=ctx(error=str(exc), setting="LABELBOX_GRAPHQL_URL"))
+                return EXIT_SETTINGS
             return await self._run_pipeline()
+
+    async def _check_key(self) -> bool:
+        """Check the API key before consuming anything; while Labelbox is unreachable, wait (logged)
+        instead of crashing. False when a stop was requested first."""
+        while not self._stop_requested:
+            try:
+                await self.labelbox.check_auth()
+                return True
+            except TransientError as exc:
+                log.warning("labelbox_unreachable_at_start", extra=ctx(error=str(exc)))
+                for _ in range(50):  # 5 s, cut short by a stop
+                    if self._stop_requested:
+                        break
+                    await asyncio.sleep(0.1)
+        return False
 
     async def _run_pipeline(self) -> int:
         producer = make_producer(self.settings)

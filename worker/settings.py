@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: Variable prefixes that belong to this worker (an unknown one is an error).
 OWN_PREFIXES = (
     *("KAFKA_", "LABELBOX_", "BATCH_", "UPLOAD_", "BUFFER_", "SHUTDOWN_", "METRICS_", "MESSAGE_"),
-    *("ONTOLOGY_", "ENSURE_", "LOG_"),
+    *("ONTOLOGY_", "ENSURE_", "LOG_", "IMPORT_"),
 )
 #: Variables Kubernetes injects for Services ("service links"), e.g. KAFKA_PORT_9092_TCP: not ours.
 _SERVICE_LINK_MARKERS = ("_SERVICE_HOST", "_SERVICE_PORT", "_PORT")
@@ -103,6 +103,9 @@ class Settings(KafkaSettings, LabelboxSettings):
     """Every setting, with its unit in its name. Defaults suit a small production deployment."""
 
     labelbox_unready_after_s: float = Field(30.0, ge=0)
+    labelbox_forbidden_ttl_s: float = Field(300.0, ge=0)
+    import_max_rounds: int = Field(8, ge=1, le=1000)
+    import_bisect_max_imports: int = Field(64, ge=0, le=100_000)
     ontology_check: Literal["strict", "off"] = "strict"
     ontology_ttl_s: float = Field(600.0, ge=0)
     ontology_min_refetch_s: float = Field(10.0, ge=0)

@@ -25,7 +25,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError, UnsupportedCodecError
+from aiokafka.errors import KafkaError
 
 from worker.admission import Admit, Decision, OntologyGate, Park, Refuse
 from worker.batcher import Batch, Batcher, BatchLimits
@@ -38,15 +38,14 @@ from worker.ledger import Ledger
 from worker.logs import ctx
 from worker.metrics import Metrics
 from worker.preparation import DataRowRegistry, OntologyCache
+from worker.readiness import Readiness
 from worker.retry import patiently
 from worker.settings import Settings
-from worker.source import DECODE_ERRORS, UndecodableBatch, locate_undecodable
+from worker.source import DECODE_ERRORS, CorruptBatches, UndecodableBatch, locate_undecodable
 
 log = logging.getLogger("worker.pipeline")
 #: Exit statuses of ``python -m worker run``.
 EXIT_OK, EXIT_INTERNAL, EXIT_SETTINGS, EXIT_AUTH, EXIT_UNDECODABLE = 0, 1, 2, 3, 4
-#: How many times in a row one batch may fail its CRC check (each time fetched again) before the worker stops.
-_CORRUPT_FETCHES_MAX = 3
 #: How often, and how patiently, the broker is checked for readiness.
 _BROKER_CHECK_EVERY_S = _BROKER_CHECK_TIMEOUT_S = 5.0
 
@@ -98,11 +97,10 @@ class Pipeline:
         self._commit_wanted: asyncio.Event | None = None
         self._imports = ImportRunner(settings, metrics, labelbox, self, data_rows=data_rows, clock=clock)
         self._gate = OntologyGate(ontologies, self._imports.refusal)
-        self._broker_ok = True
+        self._readiness = Readiness(settings.labelbox_unready_after_s)
         self._stop_requested = False
-        self._corrupt: tuple[tuple[TopicPartition, int] | None, int] = (None, 0)  # where, how many times
+        self._corrupt = CorruptBatches()
         self.fatal: BaseException | None = None
-        self.joined = False
         #: When the drain must be over (same clock as ``clock``); set when shutdown begins.
         self.stop_deadline: float | None = None
 
@@ -163,22 +161,19 @@ class Pipeline:
         """True once a shutdown began."""
         return self._stopping is not None and self._stopping.is_set()
 
+    @property
+    def joined(self) -> bool:
+        """Partitions are assigned (the group is joined)."""
+        return self._readiness.joined
+
     def health(self) -> dict[str, bool]:
-        """``live``: every stage task runs. ``ready``: joined, Labelbox reachable, not stopping."""
+        """``live``: every stage task runs. ``ready``: see ``worker.readiness``."""
         live = bool(self._stages) and all(not t.done() for t in self._stages.values())
-        failing_since = self._lb.failing_since
-        labelbox_ok = self._imports.healthy and (
-            failing_since is None or self._clock() - failing_since < self._settings.labelbox_unready_after_s
-        )
-        ready = live and self.joined and self._broker_ok and labelbox_ok and not self.stopping
-        self._metrics.ready.set(1 if ready else 0)
-        return {
-            "live": live,
-            "ready": ready,
-            "joined": self.joined,
-            "broker_ok": self._broker_ok,
-            "labelbox_ok": labelbox_ok,
-        }
+        now = self._clock()
+        labelbox_ok = self._readiness.labelbox_ok(self._imports.healthy, self._lb.failing_since, now)
+        report = self._readiness.report(live=live, labelbox_ok=labelbox_ok, stopping=self.stopping)
+        self._metrics.ready.set(1 if report["ready"] else 0)
+        return report
 
     async def _broker_check_loop(self) -> None:
         """Readiness: a metadata request every few seconds tells whether the brokers answer.
@@ -188,22 +183,18 @@ class Pipeline:
         the Kafka client's own errors in between are folded by ``worker.logs``. Runs until cancelled
         by the drain.
         """
-        unreachable_since = 0.0
         while True:
-            checked_at = self._clock()
+            checked_at, error = self._clock(), ""
             try:
                 await asyncio.wait_for(self._consumer.topics(), timeout=_BROKER_CHECK_TIMEOUT_S)
                 ok = True
             except (TimeoutError, KafkaError) as exc:
                 ok, error = False, str(exc) or type(exc).__name__
-            if ok != self._broker_ok:
-                if ok:
-                    outage_s = round(self._clock() - unreachable_since, 1)
-                    log.warning("broker_reachable", extra=ctx(outage_s=outage_s))
-                else:
-                    unreachable_since = checked_at
-                    log.warning("broker_unreachable", extra=ctx(error=error))
-                self._broker_ok = ok
+            change = self._readiness.broker_checked(ok, checked_at, self._clock())
+            if change is not None and change.reachable:
+                log.warning("broker_reachable", extra=ctx(outage_s=change.outage_s))
+            elif change is not None:
+                log.warning("broker_unreachable", extra=ctx(error=error))
             self.health()  # keeps the lbworker_ready gauge current without a probe
             # Every second while unreachable: ready again (and the outage's end logged) promptly.
             await asyncio.sleep(_BROKER_CHECK_EVERY_S if ok else 1.0)
@@ -219,9 +210,7 @@ class Pipeline:
             except DECODE_ERRORS as exc:
                 await self._undecodable(exc)
                 continue
-            where, _ = self._corrupt
-            if where is not None and where[0] in fetched:  # the partition moved on: it was passing
-                self._corrupt = (None, 0)
+            self._corrupt.fetched(fetched)
             for tp, records in fetched.items():
                 self._accept(tp, records)
 
@@ -230,10 +219,7 @@ class Pipeline:
         fetched again (the fetch position has not moved past it), and stops the worker if it persists.
         Raises :class:`UndecodableBatch`."""
         where = locate_undecodable(self._consumer)
-        seen, times = self._corrupt
-        times = times + 1 if where == seen else 1
-        self._corrupt = (where, times)
-        if isinstance(error, UnsupportedCodecError) or times >= _CORRUPT_FETCHES_MAX:
+        if self._corrupt.failed(where, error):
             raise UndecodableBatch(where, error) from error
         tp, offset = where if where else (None, None)
         log.warning(
@@ -466,12 +452,12 @@ class Pipeline:
                 self._metrics.consumer_lag.remove(tp.topic, str(tp.partition))
         for envelope in self._batcher.drop(lambda e: e.tp in revoked):
             self._release(envelope)
-        self.joined = False
+        self._readiness.joined = False
         log.info("partitions_revoked", extra=ctx(partitions=sorted(tp.partition for tp in revoked)))
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Note the assignment; new partitions stay paused while the buffer is full."""
-        self.joined = True
+        self._readiness.joined = True
         if self._paused and assigned:
             self._consumer.pause(*assigned)
         log.info("partitions_assigned", extra=ctx(partitions=sorted(tp.partition for tp in assigned)))

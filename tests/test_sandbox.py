@@ -122,7 +122,7 @@ async def create_import(
     content_length: int | None = None,
     headers: dict[str, str] | None = None,
 ) -> Answer:
-    """A GraphQL multipart create, as LABELBOX.md describes it."""
+    """A GraphQL multipart create, as docs/labelbox-api.md describes it."""
     file_name = f"{model_run_id}__{name}.ndjson"
     variables = {
         "file": None,

@@ -1,6 +1,6 @@
 """A local Labelbox-compatible server ("sandbox") for `make run`, the tests and the benchmarks.
 
-It speaks the GraphQL operations, multipart upload, import polling and status files of shared/LABELBOX.md,
+It speaks the GraphQL operations, multipart upload, import polling and status files of docs/labelbox-api.md,
 validates every GraphQL document against Labelbox's schema and every uploaded line as Labelbox reports it
 (data-row membership in the model run included), stores accepted predictions per model run by uuid, and
 injects faults. It is an oracle for the worker: nothing here imports from the rest of `worker` or from

@@ -263,7 +263,8 @@ def _transport_errors(what: str) -> Iterator[None]:
 
 
 OnRetry = Callable[[str, str, float], None]
-"""Called before each retry sleep with (operation, cause, seconds to sleep)."""
+"""Called before each retry sleep with (operation, cause, seconds to sleep). ``on_attempt`` is called
+with the operation before every attempt, the first included."""
 
 
 class LabelboxClient:
@@ -277,6 +278,7 @@ class LabelboxClient:
         request_timeout_s: float = 60.0,
         retry_max_s: float = 300.0,
         on_retry: OnRetry | None = None,
+        on_attempt: Callable[[str], None] | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._url = graphql_url
@@ -284,6 +286,7 @@ class LabelboxClient:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._retry_max_s = retry_max_s
         self._on_retry = on_retry
+        self._on_attempt = on_attempt
         self._rng = rng or random.Random()
         self._session: aiohttp.ClientSession | None = None
         #: Monotonic time since which requests have been failing transiently (None: last one succeeded).
@@ -331,7 +334,13 @@ class LabelboxClient:
             before_sleep=before_sleep,
             reraise=True,
         )
-        result: T = await retrying(call)
+
+        async def attempt() -> T:
+            if self._on_attempt is not None:
+                self._on_attempt(operation)
+            return await call()
+
+        result: T = await retrying(attempt)
         self.failing_since = None
         return result
 

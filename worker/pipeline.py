@@ -453,11 +453,13 @@ class Pipeline:
         for envelope in self._batcher.drop(lambda e: e.tp in revoked):
             self._release(envelope)
         self._readiness.joined = False
+        self.health()
         log.info("partitions_revoked", extra=ctx(partitions=sorted(tp.partition for tp in revoked)))
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Note the assignment; new partitions stay paused while the buffer is full."""
         self._readiness.joined = True
+        self.health()  # the lbworker_ready gauge follows at once, not at the next broker check
         if self._paused and assigned:
             self._consumer.pause(*assigned)
         log.info("partitions_assigned", extra=ctx(partitions=sorted(tp.partition for tp in assigned)))

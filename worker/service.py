@@ -36,6 +36,7 @@ class Service:
             request_timeout_s=settings.labelbox_request_timeout_s,
             retry_max_s=settings.labelbox_retry_max_s,
             on_retry=self._count_retry,
+            on_attempt=lambda operation: self.metrics.upload_attempts.labels(operation).inc(),
         )
         self._metrics_host = metrics_host if metrics_host is not None else settings.metrics_host
         self.pipeline: Pipeline | None = None

@@ -113,7 +113,7 @@ async def test_ensure_data_rows_registers_each_row_once(
     await make_topics(bootstrap, topic, 1)
     first = [_msg(bbox(), key=f"row-{i}") for i in range(3)]
     second = [_msg(bbox(confidence=0.5), key=f"row-{i}") for i in range(4)]  # rows 0-2 again, and row 3
-    caplog.set_level(logging.INFO, logger="worker.pipeline")
+    caplog.set_level(logging.INFO, logger="worker.imports")
     async with Sandbox(api_key=API_KEY, processing_delay_s=0.05) as sandbox:
         settings = settings_for(bootstrap, topic, sandbox, ensure_data_rows=True)
         async with running(settings):

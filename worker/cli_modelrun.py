@@ -21,10 +21,11 @@ import orjson
 
 from worker.convert import convert
 from worker.decode import Rejection, decode
-from worker.labelbox import AuthenticationError, LabelboxClient, LabelboxError
+from worker.labelbox import AuthenticationError, LabelboxClient, LabelboxError, TaskStatus
 from worker.logs import configure_command_logs
 from worker.ontology import Ontology
 from worker.pipeline import EXIT_AUTH, EXIT_OK, EXIT_SETTINGS
+from worker.retry import until_done
 from worker.settings import LabelboxSettings, SettingsError
 
 EXIT_FOUND_PROBLEMS = 1
@@ -144,14 +145,20 @@ async def _send_ground_truth(settings: LabelboxSettings, args: argparse.Namespac
         what = f"project {args.project}" if args.project else f"{len(label_ids or [])} labels"
         out.write(f"registering {what} with model run {args.model_run}: task {task_id}\n")
         started = time.monotonic()
-        deadline = started + settings.labelbox_task_timeout_s
-        while True:
-            status = await client.task_status("labels", task_id)
+
+        def progress(status: TaskStatus) -> None:
             out.write(f"  {time.monotonic() - started:6.1f}s  {status.status}\n")
             out.flush()
-            if status.done or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(settings.labelbox_poll_interval_s)
+
+        status = await until_done(
+            lambda: client.task_status("labels", task_id),
+            lambda s: s.done,
+            interval_s=settings.labelbox_poll_interval_s,
+            timeout_s=settings.labelbox_task_timeout_s,
+            clock=time.monotonic,
+            sleep=asyncio.sleep,
+            seen=progress,
+        )
     if status.status == "COMPLETE":
         out.write("ground truth registered\n")
         return EXIT_OK

@@ -38,6 +38,7 @@ from worker.labelbox import (
 from worker.logs import ctx
 from worker.metrics import Metrics
 from worker.preparation import DataRowRegistry, RegistrationFailed
+from worker.retry import until_done
 from worker.settings import Settings
 
 log = logging.getLogger("worker.imports")
@@ -265,14 +266,18 @@ class ImportRunner:
             log.info("data_rows_registered", extra=ctx(model_run_id=batch.model_run_id, data_rows=added))
 
     async def _follow(self, state: ImportState) -> ImportState:
-        deadline = self._clock() + self._settings.labelbox_import_timeout_s
-        while not state.done:
-            if self._clock() > deadline:
-                raise TransientError(
-                    f"import {state.name} still {state.state} at the deadline", "import_timeout"
-                )
-            await self._sleep(self._settings.labelbox_poll_interval_s)
-            state = await self._poll(state)
+        settings = self._settings
+        state = await until_done(
+            lambda: self._poll(state),
+            lambda s: s.done,
+            interval_s=settings.labelbox_poll_interval_s,
+            timeout_s=settings.labelbox_import_timeout_s,
+            clock=self._clock,
+            sleep=self._sleep,
+            first=state,
+        )
+        if not state.done:
+            raise TransientError(f"import {state.name} still {state.state} at the deadline", "import_timeout")
         return state
 
     async def _poll(self, state: ImportState) -> ImportState:

@@ -92,13 +92,12 @@ class Pipeline:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="convert")
         self._background: set[asyncio.Task[Any]] = set()
         self._stages: dict[str, asyncio.Task[None]] = {}
-        self._queue: asyncio.Queue[list[Envelope] | None] | None = None
-        self._stopping: asyncio.Event | None = None
-        self._commit_wanted: asyncio.Event | None = None
+        self._queue: asyncio.Queue[list[Envelope] | None] = asyncio.Queue()
+        self._stopping = asyncio.Event()
+        self._commit_wanted = asyncio.Event()
         self._imports = ImportRunner(settings, metrics, labelbox, self, data_rows=data_rows, clock=clock)
         self._gate = OntologyGate(ontologies, self._imports.refusal)
         self._readiness = Readiness(settings.labelbox_unready_after_s)
-        self._stop_requested = False
         self._corrupt = CorruptBatches()
         self.fatal: BaseException | None = None
         #: When the drain must be over (same clock as ``clock``); set when shutdown begins.
@@ -108,11 +107,6 @@ class Pipeline:
 
     async def run(self) -> int:
         """Consume until stopped; drain; return the exit status."""
-        self._queue = asyncio.Queue()
-        self._stopping = asyncio.Event()
-        if self._stop_requested:
-            self._stopping.set()
-        self._commit_wanted = asyncio.Event()
         self._consumer.subscribe([self._settings.kafka_topic], listener=_Rebalance(self))
         self._stages = {
             "fetch": asyncio.create_task(self._fetch_loop(), name="fetch"),
@@ -135,13 +129,11 @@ class Pipeline:
 
     def request_stop(self) -> None:
         """Begin a graceful shutdown (idempotent; safe from a signal handler)."""
-        self._stop_requested = True
-        if self._stopping is not None and not self._stopping.is_set():
+        if not self._stopping.is_set():
             log.info("worker_stopping", extra=ctx(buffered_bytes=self._budget.buffered))
             self._stopping.set()
 
     async def _wait_for_stop(self) -> BaseException | None:
-        assert self._stopping is not None
         stop = asyncio.create_task(self._stopping.wait())
         done, _ = await asyncio.wait({stop, *self._stages.values()}, return_when=asyncio.FIRST_COMPLETED)
         stop.cancel()
@@ -159,7 +151,7 @@ class Pipeline:
     @property
     def stopping(self) -> bool:
         """True once a shutdown began."""
-        return self._stopping is not None and self._stopping.is_set()
+        return self._stopping.is_set()
 
     @property
     def joined(self) -> bool:
@@ -202,7 +194,6 @@ class Pipeline:
     # --- 1. fetch ------------------------------------------------------------------------------
 
     async def _fetch_loop(self) -> None:
-        assert self._stopping is not None
         while not self._stopping.is_set():
             self._apply_backpressure()
             try:
@@ -229,7 +220,6 @@ class Pipeline:
         await asyncio.sleep(0.5)
 
     def _accept(self, tp: TopicPartition, records: list[ConsumerRecord[bytes, bytes]]) -> None:
-        assert self._queue is not None
         tracker = self._ledger.tracker(tp, records[0].offset)
         envelopes = []
         for record in records:
@@ -266,7 +256,6 @@ class Pipeline:
     # --- 2. convert ----------------------------------------------------------------------------
 
     async def _convert_loop(self) -> None:
-        assert self._queue is not None
         loop = asyncio.get_running_loop()
         max_bytes = self._settings.message_max_bytes
         while (envelopes := await self._queue.get()) is not None:
@@ -404,7 +393,6 @@ class Pipeline:
     def settle(self, envelope: Envelope) -> None:
         """The message is imported or dead-lettered: its offset may be committed, its bytes freed."""
         if self._ledger.settle(envelope):
-            assert self._commit_wanted is not None
             self._commit_wanted.set()
         self._release(envelope)
 
@@ -413,7 +401,6 @@ class Pipeline:
         self._metrics.buffered_bytes.set(self._budget.buffered)
 
     async def _commit_loop(self) -> None:
-        assert self._commit_wanted is not None
         while True:
             await self._commit_wanted.wait()
             self._commit_wanted.clear()
@@ -472,7 +459,6 @@ class Pipeline:
         await _cancel(self._stages["fetch"])
         with contextlib.suppress(KafkaError, AssertionError):
             self._consumer.pause(*self._consumer.assignment())
-        assert self._queue is not None
         self._queue.put_nowait(None)
         await self._wait(self._stages["convert"], deadline)
         await _cancel(self._stages["linger"])

@@ -54,3 +54,32 @@ async def patiently(
 
     result: T = await retrying(attempt)
     return result
+
+
+S = TypeVar("S")
+
+
+async def until_done(
+    poll: Callable[[], Awaitable[S]],
+    done: Callable[[S], bool],
+    *,
+    interval_s: float,
+    timeout_s: float,
+    clock: Callable[[], float],
+    sleep: Callable[[float], Awaitable[None]],
+    first: S | None = None,
+    seen: Callable[[S], None] | None = None,
+) -> S:
+    """Poll a Labelbox task or import every ``interval_s`` until ``done`` or ``timeout_s`` passed.
+
+    Returns the last state, done or not (the caller decides what a timeout means). ``first``: a state
+    already known (polled only if it is not done); ``seen``: called with every state (progress)."""
+    deadline = clock() + timeout_s
+    state = first if first is not None else await poll()
+    while True:
+        if seen is not None:
+            seen(state)
+        if done(state) or clock() > deadline:
+            return state
+        await sleep(interval_s)
+        state = await poll()

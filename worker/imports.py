@@ -102,8 +102,7 @@ def import_name(topic: str, batch: Batch[Envelope], payload: bytes) -> str:
 
 
 class ImportRunner:
-    """Runs import rounds with at most ``UPLOAD_CONCURRENCY`` in flight, and knows whether Labelbox
-    is working for this worker (``healthy``)."""
+    """Runs import rounds with at most ``UPLOAD_CONCURRENCY`` in flight."""
 
     def __init__(
         self,
@@ -126,8 +125,6 @@ class ImportRunner:
         self._slots = asyncio.Semaphore(settings.upload_concurrency)
         self._forbidden = ForbiddenRuns(settings.labelbox_forbidden_ttl_s)
         self._last_ok: float | None = None  # when an import last settled
-        #: False while an import round fails transiently (and Labelbox was not found healthy since).
-        self.healthy = True
 
     # --- forbidden model runs ------------------------------------------------------------------
 
@@ -204,7 +201,6 @@ class ImportRunner:
             try:
                 return await self._round(batch, name, payload)
             except TransientError as exc:
-                self.healthy = False
                 rounds, failing_since = rounds + 1, failing_since or self._clock()
                 if rounds >= self._settings.import_max_rounds and await self._labelbox_healthy(failing_since):
                     errors = (f"failed {rounds} times while Labelbox was healthy; last: {exc}",)
@@ -240,7 +236,7 @@ class ImportRunner:
         await self._ensure_data_rows(batch)
         state = await self._client.create_import(batch.model_run_id, name, payload)
         state = await self._follow(state)
-        self.healthy, self._last_ok = True, self._clock()
+        self._last_ok = self._clock()
         if state.state == "FAILED":
             return Refused("import_failed", (f"Labelbox import {state.name} FAILED",), state.name, "failed")
         return await self._settle(batch, state)
@@ -252,10 +248,7 @@ class ImportRunner:
     async def _labelbox_healthy(self, failing_since: float) -> bool:
         """Labelbox works for others: an import settled since this batch first failed, or else (every
         import in flight failing too, or none) a cheap query answers."""
-        healthy = (self._last_ok is not None and self._last_ok > failing_since) or await self._client.probe()
-        if healthy:
-            self.healthy = True  # this batch's trouble is its own: do not hold readiness on it
-        return healthy
+        return (self._last_ok is not None and self._last_ok > failing_since) or await self._client.probe()
 
     async def _ensure_data_rows(self, batch: Batch[Envelope]) -> None:
         if self._data_rows is None:

@@ -404,11 +404,14 @@ class LabelboxClient:
         await self._retrying("check_auth", call)
 
     async def probe(self) -> bool:
-        """Whether Labelbox answers one cheap authenticated query now (no retries, never raises)."""
+        """Whether Labelbox answers one cheap authenticated query now (no retries, never raises).
+
+        An answer ends ``failing_since``: Labelbox works, whatever one operation's trouble."""
         try:
             await self._query(CHECK_AUTH, {}, "user")
         except LabelboxError:
             return False
+        self.failing_since = None
         return True
 
     async def create_import(self, model_run_id: str, name: str, payload: bytes) -> ImportState:

@@ -162,7 +162,7 @@ class Pipeline:
         """``live``: every stage task runs. ``ready``: see ``worker.readiness``."""
         live = bool(self._stages) and all(not t.done() for t in self._stages.values())
         now = self._clock()
-        labelbox_ok = self._readiness.labelbox_ok(self._imports.healthy, self._lb.failing_since, now)
+        labelbox_ok = self._readiness.labelbox_ok(self._lb.failing_since, now)
         report = self._readiness.report(live=live, labelbox_ok=labelbox_ok, stopping=self.stopping)
         self._metrics.ready.set(1 if report["ready"] else 0)
         return report

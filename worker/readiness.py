@@ -1,9 +1,10 @@
 """Is the worker ready (``/readyz``)? Pure: the pipeline reports what it sees, this decides.
 
 Ready means: every stage runs, the group is joined, the brokers answer a metadata request, Labelbox is
-not failing (an import round failing without Labelbox found healthy since, or requests being retried
-for longer than ``LABELBOX_UNREADY_AFTER_S``), and no shutdown began. Broker outages are tracked here
-too, so that one is logged twice: when it starts and, with its duration, when it ends.
+not failing (its requests retried for longer than ``LABELBOX_UNREADY_AFTER_S`` without an answer: the
+client's ``failing_since``, the one place Labelbox's health is tracked), and no shutdown began.
+Broker outages are tracked here too, so that one is logged twice: when it starts and, with its
+duration, when it ends.
 """
 
 from __future__ import annotations
@@ -38,9 +39,9 @@ class Readiness:
         self._unreachable_since = checked_at
         return BrokerChange(False)
 
-    def labelbox_ok(self, imports_healthy: bool, failing_since: float | None, now: float) -> bool:
-        """Labelbox is usable: import rounds succeed and requests are not retried for too long."""
-        return imports_healthy and (failing_since is None or now - failing_since < self._unready_after_s)
+    def labelbox_ok(self, failing_since: float | None, now: float) -> bool:
+        """Labelbox is usable: its requests have not been failing for too long."""
+        return failing_since is None or now - failing_since < self._unready_after_s
 
     def report(self, *, live: bool, labelbox_ok: bool, stopping: bool) -> dict[str, bool]:
         """The ``/readyz`` answer."""

@@ -35,6 +35,7 @@ from worker.batcher import Batch, Batcher, BatchLimits
 from worker.convert import NdjsonLine, convert
 from worker.decode import Rejection, decode
 from worker.dlq import DeadLetter, DeadLetterWriter, replay_count
+from worker.framing import Framed, unwrap
 from worker.isolation import BisectionBudget, ForbiddenRuns, Refused
 from worker.labelbox import (
     AuthenticationError,
@@ -88,13 +89,18 @@ class Envelope:
     payload_format: str = "predictions"  # or "ndjson": where a line index points in the message
     replays: int = 0
     released: bool = False
+    headers: tuple[tuple[str, bytes], ...] = ()  # the record's, read for a schema id (``worker.framing``)
+    schema_id: str | None = None  # the Confluent schema id the value was framed with
 
 
 def process_chunk(envelopes: list[Envelope], max_bytes: int) -> list[tuple[Envelope, Rejection | None]]:
     """Decode and convert each record (runs in a worker thread; touches only these envelopes)."""
     results: list[tuple[Envelope, Rejection | None]] = []
     for envelope in envelopes:
-        outcome = decode(envelope.value, max_bytes)
+        framed = unwrap(envelope.value, envelope.headers)
+        if isinstance(framed, Framed):
+            envelope.schema_id = framed.schema_id
+        outcome = decode(framed.payload, max_bytes) if isinstance(framed, Framed) else framed
         if isinstance(outcome, Rejection):
             envelope.model_run_id, envelope.message_id = outcome.model_run_id, outcome.message_id
             results.append((envelope, outcome))
@@ -342,6 +348,7 @@ class Pipeline:
             size = max(raw, int(self._record_bytes_estimate))
             envelope = Envelope(tp, record.offset, record.key, record.value, size, tracker, raw_size=raw)
             envelope.replays = replay_count(record.headers) if record.headers else 0
+            envelope.headers = tuple(record.headers or ())
             envelopes.append(envelope)
         self._buffered += sum(e.size for e in envelopes)
         self._metrics.buffered_bytes.set(self._buffered)
@@ -748,6 +755,7 @@ class Pipeline:
             message_id=envelope.message_id,
             import_name=import_name,
             replays=envelope.replays,
+            schema_id=envelope.schema_id,
         )
         delay = 0.5
         while True:

@@ -1,4 +1,4 @@
-"""``python -m worker replay-dlq``: re-publish dead-lettered records to the main topic.
+"""``lbworker replay-dlq``: re-publish dead-lettered records to the main topic.
 
 For when the cause has been fixed (an ontology corrected, an API key rotated, a producer bug fixed).
 The DLQ is read from its beginning up to its end at start-up; each selected record is published to
@@ -135,21 +135,9 @@ async def _one(
     report.by_reason[headers.get(H_REASON, "unknown")] += 1
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m worker replay-dlq", description=__doc__)
-    parser.add_argument("--reason", help="only records with this dlq.reason code")
-    parser.add_argument("--model-run", dest="model_run_id", help="only records of this model run")
-    parser.add_argument("--limit", type=int, help="replay at most this many records")
-    parser.add_argument("--max-replays", type=int, default=3, help="skip records replayed this often (3)")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="count what would be replayed; publish nothing"
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; settings (KAFKA_*) from the environment."""
-    args = _parser().parse_args(argv)
+def main(args: argparse.Namespace) -> int:
+    """``lbworker replay-dlq`` with its parsed arguments (``worker.cli``); settings (KAFKA_*) from the
+    environment."""
     try:
         settings = KafkaSettings.from_env()
     except SettingsError as exc:

@@ -7,11 +7,13 @@ to; bad frames go to the DLQ as invalid_json with the schema id in ``dlq.schema_
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
 import orjson
 import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from schemas.jsonschema import render
 from tests.factories import bbox, every_type, message
@@ -20,7 +22,9 @@ from tests.worker_harness import make_topics, running, settings_for, wait_commit
 from worker.convert import convert
 from worker.decode import decode
 from worker.framing import VALUE_SCHEMA_ID_HEADER
+from worker.replay import Selection, replay
 from worker.sandbox import Sandbox
+from worker.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -111,3 +115,46 @@ async def test_both_framings_import_what_the_unframed_messages_convert_to(
         ("invalid_json", str(uuid.UUID(bytes=guid_header[0][1][1:]))),
     ]
     assert dlq[1].headers["dlq.error"].startswith("truncated Confluent prefix: magic byte 0 needs 5 bytes")
+
+
+async def test_replay_gives_a_header_framed_dead_letter_its_header_back(bootstrap: str, topic: str) -> None:
+    await make_topics(bootstrap, topic, 1)
+    guid = uuid.uuid4()
+    header = (VALUE_SCHEMA_ID_HEADER, b"\x01" + guid.bytes)
+    letters = [
+        (b"{oops", [("dlq.reason", b"invalid_json"), ("dlq.schema_id", str(guid).encode())]),
+        (b"\x00\x00\x00\x00\x09{oops", [("dlq.reason", b"invalid_json"), ("dlq.schema_id", b"9")]),
+    ]
+    producer = confluent_kafka.Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for value, headers in letters:
+        producer.produce(f"{topic}.dlq", value=value, key=b"run-x", headers=headers)
+    assert producer.flush(20) == 0
+    settings = KafkaSettings.from_env(
+        {"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "KAFKA_TOPIC": topic, "KAFKA_DLQ_TOPIC": f"{topic}.dlq"}
+    )
+    report = await replay(settings, Selection(), timeout_s=30)
+    assert report.replayed == 2
+    replayed = await _raw_records(bootstrap, topic, expected=2)
+    assert [value for value, _ in replayed] == [value for value, _ in letters]
+    assert header in replayed[0][1]
+    assert VALUE_SCHEMA_ID_HEADER not in dict(replayed[1][1]), "a prefixed value carries its own id"
+
+
+async def _raw_records(
+    bootstrap: str, topic: str, expected: int
+) -> list[tuple[bytes, list[tuple[str, bytes]]]]:
+    """(value, raw headers) of a one-partition topic from its start (bounded by a deadline)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.seek_to_beginning(tp)
+        out: list[tuple[bytes, list[tuple[str, bytes]]]] = []
+        deadline = time.monotonic() + 20
+        while len(out) < expected and time.monotonic() < deadline:
+            fetched = await consumer.getmany(tp, timeout_ms=200)
+            out.extend((r.value, list(r.headers)) for r in fetched.get(tp, []))
+        return out
+    finally:
+        await consumer.stop()

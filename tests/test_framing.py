@@ -15,7 +15,7 @@ from confluent_kafka.schema_registry.common.serde import SchemaId
 from tests.factories import message
 from worker.cli_convert import convert_stream
 from worker.decode import Rejection
-from worker.framing import VALUE_SCHEMA_ID_HEADER, Framed, join_framed_lines, unwrap
+from worker.framing import VALUE_SCHEMA_ID_HEADER, Framed, join_framed_lines, schema_id_header, unwrap
 
 JSON = orjson.dumps(message())
 GUID = "6f1c2a4e-9b3d-4c5e-8f70-112233445566"
@@ -101,3 +101,12 @@ def test_convert_reads_framed_lines_and_names_the_schema_of_a_rejection() -> Non
         (4, "empty_string", "42"),
         (5, "invalid_json", None),
     ]
+
+
+def test_a_dead_letter_gets_its_schema_id_header_back_for_replay() -> None:
+    assert schema_id_header(GUID, JSON) == [(VALUE_SCHEMA_ID_HEADER, _guid_frame())]
+    assert schema_id_header("7", JSON) == [(VALUE_SCHEMA_ID_HEADER, _prefix(7))]
+    assert schema_id_header("7", _prefix(7) + JSON) == [], "a prefixed value carries its own"
+    assert schema_id_header("not-an-id", JSON) == []
+    for header in (schema_id_header(GUID, JSON), schema_id_header("7", JSON)):
+        assert isinstance(unwrap(JSON, header), Framed)

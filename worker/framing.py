@@ -124,3 +124,16 @@ def join_framed_lines(lines: Iterable[bytes]) -> Iterator[bytes]:
         pending = b""
     if pending:
         yield pending
+
+
+def schema_id_header(schema_id: str, value: bytes | None) -> list[tuple[str, bytes]]:
+    """The ``__value_schema_id`` header that carried ``schema_id`` for this value, to replay a dead
+    letter as it came: none when the value carries its own prefix (or the id is not one of ours)."""
+    if value and value[0] in _ID_BYTES:
+        return []
+    if schema_id.isdigit() and int(schema_id) < 2**32:
+        return [(VALUE_SCHEMA_ID_HEADER, bytes([MAGIC_ID]) + int(schema_id).to_bytes(4, "big"))]
+    try:
+        return [(VALUE_SCHEMA_ID_HEADER, bytes([MAGIC_GUID]) + uuid.UUID(schema_id).bytes)]
+    except ValueError:
+        return []

@@ -7,6 +7,7 @@ Pure: no broker, no registry. The frames are built with confluent-kafka's ``Sche
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import orjson
 import pytest
@@ -14,10 +15,13 @@ from confluent_kafka.schema_registry.common.serde import SchemaId
 
 from tests.factories import message
 from worker.cli_convert import convert_stream
+from worker.cli_modelrun import check_lines
 from worker.decode import Rejection
 from worker.framing import VALUE_SCHEMA_ID_HEADER, Framed, join_framed_lines, schema_id_header, unwrap
+from worker.ontology import Ontology
 
 JSON = orjson.dumps(message())
+DATA = Path(__file__).parent / "data"
 GUID = "6f1c2a4e-9b3d-4c5e-8f70-112233445566"
 
 
@@ -110,3 +114,11 @@ def test_a_dead_letter_gets_its_schema_id_header_back_for_replay() -> None:
     assert schema_id_header("not-an-id", JSON) == []
     for header in (schema_id_header(GUID, JSON), schema_id_header("7", JSON)):
         assert isinstance(unwrap(JSON, header), Framed)
+
+
+def test_check_reads_framed_lines_too() -> None:
+    ontology = Ontology.from_normalized(orjson.loads((DATA / "ontology_every_type.json").read_bytes()))
+    lines = [_prefix(10) + JSON + b"\n", _guid_frame() + JSON + b"\n", b"\x00\x00\n"]
+    reports = list(check_lines(ontology, lines))
+    assert [(r["line"], r["status"]) for r in reports] == [(1, "ok"), (2, "ok"), (3, "rejected")]
+    assert reports[2]["reason"] == "invalid_json"

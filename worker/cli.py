@@ -306,9 +306,9 @@ def _num(value: object) -> str:
 
 
 def _readable_file(text: str) -> Path:
-    """An argparse type: an existing readable file ('-' is handled by the commands as stdin)."""
+    """An argparse type: a readable file or pipe ('-' is handled by the commands as stdin)."""
     path = Path(text)
-    if text != "-" and not os.access(path, os.R_OK):
+    if text != "-" and (path.is_dir() or not os.access(path, os.R_OK)):
         raise argparse.ArgumentTypeError(f"cannot read {text!r}")
     return path
 
@@ -328,9 +328,9 @@ def _replay_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--model-run", dest="model_run_id", metavar="ID", help="only records of this model run"
     )
-    parser.add_argument("--limit", type=_positive, metavar="N", help="replay at most N records")
+    parser.add_argument("--limit", type=_count, metavar="N", help="replay at most N records")
     parser.add_argument(
-        "--max-replays", type=_positive, default=3, metavar="N", help="skip records replayed N times (3)"
+        "--max-replays", type=_count, default=3, metavar="N", help="skip records replayed N times (3)"
     )
     parser.add_argument(
         "--dry-run", action="store_true", help="count what would be replayed; publish nothing"
@@ -369,7 +369,7 @@ def _schema_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive(text: str) -> int:
+def _count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:

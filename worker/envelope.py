@@ -13,6 +13,7 @@ from aiokafka import TopicPartition
 from schemas import NdjsonMessage
 from worker.convert import NdjsonLine, convert
 from worker.decode import Rejection, decode
+from worker.framing import Framed, unwrap
 from worker.offsets import PartitionOffsets
 
 
@@ -33,13 +34,18 @@ class Envelope:
     payload_format: str = "predictions"  # or "ndjson": where a line index points in the message
     replays: int = 0
     released: bool = False
+    headers: tuple[tuple[str, bytes], ...] = ()  # the record's, read for a schema id (``worker.framing``)
+    schema_id: str | None = None  # the Confluent schema id the value was framed with
 
 
 def process_chunk(envelopes: list[Envelope], max_bytes: int) -> list[tuple[Envelope, Rejection | None]]:
     """Decode and convert each record (runs in a worker thread; touches only these envelopes)."""
     results: list[tuple[Envelope, Rejection | None]] = []
     for envelope in envelopes:
-        outcome = decode(envelope.value, max_bytes)
+        framed = unwrap(envelope.value, envelope.headers)
+        if isinstance(framed, Framed):
+            envelope.schema_id = framed.schema_id
+        outcome = decode(framed.payload, max_bytes) if isinstance(framed, Framed) else framed
         if isinstance(outcome, Rejection):
             envelope.model_run_id, envelope.message_id = outcome.model_run_id, outcome.message_id
             results.append((envelope, outcome))

@@ -228,6 +228,7 @@ class Pipeline:
             size = self._budget.admit_size(raw)
             envelope = Envelope(tp, record.offset, record.key, record.value, size, tracker, raw_size=raw)
             envelope.replays = replay_count(record.headers) if record.headers else 0
+            envelope.headers = tuple(record.headers or ())
             envelopes.append(envelope)
         self._budget.add(envelopes)
         self._metrics.buffered_bytes.set(self._budget.buffered)
@@ -374,6 +375,7 @@ class Pipeline:
             message_id=envelope.message_id,
             import_name=import_name,
             replays=envelope.replays,
+            schema_id=envelope.schema_id,
         )
         write = self._dlq.write
         await patiently(

@@ -30,6 +30,8 @@ class Service:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        # The fixed limit until the adaptive limiter (worker.concurrency) is wired into the pipeline.
+        self.metrics.upload_concurrency_limit.set(settings.upload_concurrency)
         self.labelbox = LabelboxClient(
             settings.labelbox_graphql_url,
             settings.labelbox_api_key,

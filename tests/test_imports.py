@@ -233,3 +233,22 @@ async def test_an_expired_status_url_is_refreshed_by_polling() -> None:
     client.expire_urls = 5
     await run.upload(batch_of(3, run="run-b"))
     assert {r for _, r, _ in settlement.dead} == {"import_status_unavailable"}
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_labelbox_overloads_halve_the_upload_limit_and_uploads_grow_it(adaptive: bool) -> None:
+    client, settlement = FakeLabelbox(), FakeSettlement()
+    run, metrics = runner(client, settlement, upload_concurrency=8, adaptive_concurrency=adaptive)
+
+    def limit() -> float | None:
+        return metrics.registry.get_sample_value("lbworker_upload_concurrency_limit")
+
+    assert limit() == 8
+    run.labelbox_answered("poll_import", "overload", started_at=0.0, rtt_s=0.1)  # any operation's 429
+    assert limit() == (4 if adaptive else 8)
+    run.labelbox_answered("create_import", "overload", started_at=-1.0, rtt_s=0.1)  # began before: stale
+    assert limit() == (4 if adaptive else 8)
+    for _ in range(4):  # a run of successful uploads as long as the limit adds one
+        run.labelbox_answered("create_import", "ok", started_at=1.0, rtt_s=0.1)
+    run.labelbox_answered("status_file", "ok", started_at=1.0, rtt_s=0.1)  # not an upload: no signal
+    assert limit() == (5 if adaptive else 8)

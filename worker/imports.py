@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, Protocol
 
 from worker.batcher import Batch
+from worker.concurrency import AdaptiveLimiter, AimdController
 from worker.convert import NdjsonLine
 from worker.envelope import Envelope
 from worker.isolation import BisectionBudget, ForbiddenRuns, Refused
@@ -122,9 +123,23 @@ class ImportRunner:
         self._data_rows = data_rows
         self._clock = clock
         self._sleep = sleep
-        self._slots = asyncio.Semaphore(settings.upload_concurrency)
+        controller = AimdController(
+            settings.upload_concurrency, clock, adaptive=settings.adaptive_concurrency
+        )
+        self._slots = AdaptiveLimiter(controller, on_change=metrics.upload_concurrency_limit.set)
+        metrics.upload_concurrency_limit.set(self._slots.limit)
         self._forbidden = ForbiddenRuns(settings.labelbox_forbidden_ttl_s)
         self._last_ok: float | None = None  # when an import last settled
+
+    def labelbox_answered(self, operation: str, outcome: str, started_at: float, rtt_s: float) -> None:
+        """Adaptive concurrency's signals (``ADAPTIVE_CONCURRENCY``): every 429 or 5xx Labelbox answers,
+        to any operation (its rate limit is per organisation), halves the limit on imports in flight; a
+        created import's upload round trip counts as a success, or as an overload when it jumps over
+        the moving baseline. ``started_at`` is on the runner's clock."""
+        if outcome == "overload":
+            self._slots.record_overload(started_at)
+        elif outcome == "ok" and operation == "create_import":
+            self._slots.record_success(rtt_s=rtt_s, started_at=started_at)
 
     # --- forbidden model runs ------------------------------------------------------------------
 
@@ -152,7 +167,7 @@ class ImportRunner:
 
     async def _round_in_slot(self, batch: Batch[Envelope]) -> Outcome | Refused:
         """One import holding an upload slot; the slot is free again before any bisection."""
-        async with self._slots:
+        async with self._slots.slot():
             self._metrics.imports_in_flight.inc()
             try:
                 outcome = await self._import(batch)

@@ -350,6 +350,10 @@ class Pipeline:
 
     # --- 4. import: worker.imports.ImportRunner ------------------------------------------------
 
+    def labelbox_answered(self, operation: str, outcome: str, started_at: float, rtt_s: float) -> None:
+        """Forwarded from the Labelbox client: see ``ImportRunner.labelbox_answered``."""
+        self._imports.labelbox_answered(operation, outcome, started_at, rtt_s)
+
     def fail(self, error: BaseException) -> None:
         """Labelbox refused the API key: stop (exit status 3); unsettled messages stay uncommitted."""
         if self.fatal is None:

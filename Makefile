@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m worker demo
+	$(BIN)/python -m devtools.demo
 
 test: lint
 	$(BIN)/python -m pytest -q
@@ -23,13 +23,13 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
 
 lint: $(STAMP)
-	$(BIN)/ruff check schemas worker tests
-	$(BIN)/ruff format --check schemas worker tests
+	$(BIN)/ruff check schemas worker labelbox_sandbox devtools tests
+	$(BIN)/ruff format --check schemas worker labelbox_sandbox devtools tests
 	$(BIN)/mypy
 
 fmt: $(STAMP)
-	$(BIN)/ruff format schemas worker tests
-	$(BIN)/ruff check --fix schemas worker tests
+	$(BIN)/ruff format schemas worker labelbox_sandbox devtools tests
+	$(BIN)/ruff check --fix schemas worker labelbox_sandbox devtools tests
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench

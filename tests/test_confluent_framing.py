@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from labelbox_sandbox import Sandbox
 from schemas.jsonschema import render
 from tests.factories import bbox, every_type, message
 from tests.kafka_helpers import read_all
@@ -23,7 +24,6 @@ from worker.convert import convert
 from worker.decode import decode
 from worker.framing import VALUE_SCHEMA_ID_HEADER
 from worker.replay import Selection, replay
-from worker.sandbox import Sandbox
 from worker.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration

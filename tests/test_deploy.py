@@ -852,7 +852,7 @@ def test_compose_sandbox_runs_from_the_worker_image() -> None:
             COMPOSE.parent / service["build"]["context"] / service["build"]["dockerfile"]
         ).resolve() == DOCKERFILE
         assert service["read_only"] is True
-    assert sandbox["entrypoint"] == ["python", "-m", "worker.sandbox"]
+    assert sandbox["entrypoint"] == ["python", "-m", "labelbox_sandbox"]
     assert sandbox["command"][sandbox["command"].index("--host") + 1] == "0.0.0.0"
     port = sandbox["command"][sandbox["command"].index("--port") + 1]
     assert "entrypoint" not in worker, "the worker runs the image's ENTRYPOINT"

@@ -12,12 +12,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from labelbox_sandbox import FaultRule, Sandbox
 from tests.factories import bbox, message, radio
 from tests.kafka_helpers import produce
 from tests.worker_harness import make_topics, running, settings_for, wait_committed
 from worker.convert import convert
 from worker.decode import decode
-from worker.sandbox import FaultRule, Sandbox
 
 pytestmark = pytest.mark.integration
 DEPLOY = Path(__file__).resolve().parents[1] / "deploy"

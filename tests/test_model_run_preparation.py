@@ -10,13 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
+from labelbox_sandbox import Sandbox
 from tests.conftest import API_KEY
 from tests.factories import bbox, every_type, message, point, radio
 from tests.kafka_helpers import produce, read_all
 from tests.worker_harness import make_topics, running, settings_for, wait_committed
 from worker.convert import convert
 from worker.decode import decode
-from worker.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 ONTOLOGY = json.loads((Path(__file__).parent / "data" / "ontology_every_type.json").read_text())

@@ -13,11 +13,11 @@ import aiohttp
 import pytest
 from pydantic import SecretStr
 
+from labelbox_sandbox import Sandbox
+from labelbox_sandbox.__main__ import parse_args
+from labelbox_sandbox.ratelimit import MAX_KEYS, TokenBuckets
 from tests.conftest import API_KEY
 from worker.labelbox import LabelboxClient
-from worker.sandbox import Sandbox
-from worker.sandbox.__main__ import parse_args
-from worker.sandbox.ratelimit import MAX_KEYS, TokenBuckets
 
 USER = {"query": "query getUser { user { id } }", "variables": {}}
 

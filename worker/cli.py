@@ -128,22 +128,6 @@ COMMANDS: tuple[Command, ...] = (
         LabelboxSettings,
     ),
     Command(
-        "demo",
-        "everything locally: embedded broker, local Labelbox-compatible server, worker, producer",
-        "What 'make run' runs: starts an embedded Kafka-compatible broker and the local "
-        "Labelbox-compatible server on loopback, the worker, and a producer of demo messages; ends "
-        "with a summary. Ctrl-C stops it in order (a second one at once).",
-        "lbworker demo",
-        {
-            0: "every demo message was committed",
-            1: "not within the demo's time limit",
-            130: "interrupted by Ctrl-C (143: by SIGTERM)",
-        },
-        None,
-        "none of its own (it sets the worker's). When KAFKA_BOOTSTRAP_SERVERS and LABELBOX_API_KEY "
-        "are both set, it is 'run' with every setting of 'run --help' instead.",
-    ),
-    Command(
         "schema",
         "print the contract's JSON Schema, to register under the topic's value subject",
         "Print the JSON Schema (draft 2020-12) of a prediction message, as producers in any language "
@@ -417,12 +401,6 @@ def _model_run_command(args: argparse.Namespace) -> int:
     return cli_modelrun.main(args.command, args)
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from worker import demo
-
-    return demo.main()
-
-
 def _schema(args: argparse.Namespace) -> int:
     import orjson
 
@@ -444,7 +422,6 @@ _HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "check": _model_run_command,
     "ontology": _model_run_command,
     "send-ground-truth": _model_run_command,
-    "demo": _demo,
     "schema": _schema,
 }
 

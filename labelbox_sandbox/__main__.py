@@ -1,4 +1,4 @@
-"""`python -m worker.sandbox --port 8765 --api-key KEY`: run the sandbox until SIGTERM or SIGINT.
+"""`python -m labelbox_sandbox --port 8765 --api-key KEY`: run the sandbox until SIGTERM or SIGINT.
 
 Prints one line, `Labelbox sandbox ready: http://<host>:<port>/graphql`, once it accepts requests. The API
 key comes from `--api-key` or the `SANDBOX_API_KEY` environment variable. `--ontology RUN=FILE` loads a
@@ -19,11 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from worker.sandbox.server import Sandbox
+from labelbox_sandbox.server import Sandbox
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m worker.sandbox", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m labelbox_sandbox", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument(

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.sandbox.faults import FaultBook, FaultRule
-from worker.sandbox.ratelimit import TokenBuckets
-from worker.sandbox.validate import RowResult, error, validate_import
+from labelbox_sandbox.faults import FaultBook, FaultRule
+from labelbox_sandbox.ratelimit import TokenBuckets
+from labelbox_sandbox.validate import RowResult, error, validate_import
 
 EMPTY_ONTOLOGY: dict[str, Any] = {"tools": [], "classifications": []}
 ROW_FAILURE_ERROR_NAME = "InjectedRowFailure"

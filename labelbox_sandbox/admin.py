@@ -37,8 +37,8 @@ from typing import Any
 import pydantic
 from aiohttp import web
 
-from worker.sandbox.faults import FaultRule
-from worker.sandbox.state import SandboxState, UnknownModelRun
+from labelbox_sandbox.faults import FaultRule
+from labelbox_sandbox.state import SandboxState, UnknownModelRun
 
 PREFIX = "/_sandbox"
 

@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from worker.sandbox.ontology import OntologyIndex
+from labelbox_sandbox.ontology import OntologyIndex
 
 Error = dict[str, Any]
 Errors = list[Error]

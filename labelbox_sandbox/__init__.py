@@ -36,10 +36,10 @@ Errors a client must recognise (GraphQL error bodies are `{"errors": [{"message"
   `extensions.exception.status` 400 for a refused import, and the other kinds of `faults.py`.
 """
 
-from worker.sandbox.faults import FaultRule
-from worker.sandbox.server import Sandbox
-from worker.sandbox.state import ImportFaults, RequestRecord, SandboxState
-from worker.sandbox.validate import RowResult, validate_import, validate_line
+from labelbox_sandbox.faults import FaultRule
+from labelbox_sandbox.server import Sandbox
+from labelbox_sandbox.state import ImportFaults, RequestRecord, SandboxState
+from labelbox_sandbox.validate import RowResult, validate_import, validate_line
 
 __all__ = [
     "FaultRule",

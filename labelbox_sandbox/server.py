@@ -14,9 +14,9 @@ from types import TracebackType
 import aiohttp
 from aiohttp import web
 
-from worker.sandbox.admin import AdminApi
-from worker.sandbox.app import SandboxApp
-from worker.sandbox.state import SandboxState
+from labelbox_sandbox.admin import AdminApi
+from labelbox_sandbox.app import SandboxApp
+from labelbox_sandbox.state import SandboxState
 
 SHUTDOWN_TIMEOUT_S = 5.0
 MAX_REQUEST_BYTES = 512 * 1024 * 1024

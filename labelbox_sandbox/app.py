@@ -34,17 +34,17 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from worker.sandbox.faults import TERMINAL_KINDS, FaultRule
-from worker.sandbox.graphql import GraphQLError, RootField, error_body, parse_request, root_field_names
-from worker.sandbox.resolvers import (
+from labelbox_sandbox.faults import TERMINAL_KINDS, FaultRule
+from labelbox_sandbox.graphql import GraphQLError, RootField, error_body, parse_request, root_field_names
+from labelbox_sandbox.resolvers import (
     Context,
     FetchedFile,
     model_run_and_import_name,
     operation_of,
     resolve_field,
 )
-from worker.sandbox.state import ImportRecord, RequestRecord, SandboxState
-from worker.sandbox.transport import read_graphql_request
+from labelbox_sandbox.state import ImportRecord, RequestRecord, SandboxState
+from labelbox_sandbox.transport import read_graphql_request
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 FETCH_TIMEOUT_S = 10.0

@@ -16,7 +16,6 @@ time, and SSL from PEM files (with client certificates required when a CA is giv
 from __future__ import annotations
 
 import argparse
-import asyncio
 import base64
 import contextlib
 import ctypes
@@ -25,6 +24,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -388,7 +388,7 @@ class ApacheKafka:
         while time.monotonic() < deadline:
             if not self.running:
                 raise KafkaUnavailable(f"Apache Kafka exited at start:\n{self.log_tail()}")
-            if _accepts(self.port) and asyncio.run(metadata_answers(self.bootstrap)):
+            if _accepts(self.port) and metadata_answers(self.bootstrap):
                 return
             time.sleep(0.2)
         raise KafkaUnavailable(
@@ -407,19 +407,39 @@ def _accepts(port: int) -> bool:
     return False
 
 
-async def metadata_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
-    """True when a metadata request to ``bootstrap`` is answered with at least one broker."""
-    from aiokafka import AIOKafkaClient
-    from aiokafka.errors import KafkaError
-
-    client = AIOKafkaClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
+def metadata_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:
+    """True when a Metadata request (v4, no topics) to ``bootstrap`` is answered with at least one
+    broker. Plain blocking sockets, so it works inside and outside an event loop."""
+    host, _, port = bootstrap.rpartition(":")
+    client_id = b"apache-kafka-ready"
+    header = struct.pack(">hhih", _METADATA, _METADATA_VERSION, _CORRELATION_ID, len(client_id)) + client_id
+    body = struct.pack(">i?", 0, False)  # an empty topic list, no auto-creation
+    request = header + body
     try:
-        await asyncio.wait_for(client.bootstrap(), timeout_s)
-        return bool(client.cluster.brokers())
-    except (KafkaError, OSError, TimeoutError):
+        with socket.create_connection((host, int(port)), timeout_s) as conn:
+            conn.settimeout(timeout_s)
+            conn.sendall(struct.pack(">i", len(request)) + request)
+            size = struct.unpack(">i", _read_exactly(conn, 4))[0]
+            response = _read_exactly(conn, size)
+    except (OSError, struct.error, ConnectionError):
         return False
-    finally:
-        await client.close()
+    if len(response) < 12:
+        return False
+    correlation_id, _throttle_ms, brokers = struct.unpack(">iii", response[:12])
+    return correlation_id == _CORRELATION_ID and brokers > 0
+
+
+_METADATA, _METADATA_VERSION, _CORRELATION_ID = 3, 4, 7
+
+
+def _read_exactly(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:  # bounded: each recv blocks at most the socket timeout, and must progress
+        chunk = conn.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("closed")
+        data += chunk
+    return data
 
 
 # --- command line ----------------------------------------------------------------------------------

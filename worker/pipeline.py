@@ -28,7 +28,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from schemas import NdjsonMessage
 from worker.batcher import Batch, Batcher, BatchLimits
@@ -267,6 +267,7 @@ class Pipeline:
             fetched = await self._consumer.getmany(timeout_ms=100, max_records=self._fetch_limit())
             for tp, records in fetched.items():
                 self._accept(tp, records)
+            await self._pass_recordless_offsets()
 
     def _fetch_limit(self) -> int:
         """Records to take in one fetch: no more than the buffer has room for (at the average size a
@@ -296,6 +297,23 @@ class Pipeline:
                 highwater - records[-1].offset - 1
             )
         self._queue.put_nowait(envelopes)
+
+    async def _pass_recordless_offsets(self) -> None:
+        """Let the commit point follow the fetch position past offsets that hold no record: transaction
+        markers, and records of aborted transactions. No record settles them, so without this the
+        committed offset of a partition that ends with a marker stays one short for ever (lag 1)."""
+        assert self._commit_wanted is not None
+        assigned = self._consumer.assignment()
+        for tp, tracker in list(self._trackers.items()):
+            if tp not in assigned:
+                continue
+            with contextlib.suppress(IllegalStateError):
+                position = await self._consumer.position(tp)  # known: records came from it
+                if tracker.pass_to(position):
+                    self._commit_wanted.set()
+                highwater = self._consumer.highwater(tp)
+                if highwater is not None:
+                    self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(highwater - position)
 
     def _tracker(self, tp: TopicPartition, first_offset: int) -> PartitionOffsets:
         tracker = self._trackers.get(tp)

@@ -60,6 +60,9 @@ class KafkaSettings(_FromEnv):
     kafka_ssl_cafile: Path | None = None
     kafka_ssl_certfile: Path | None = None
     kafka_ssl_keyfile: Path | None = None
+    #: read_committed: records of aborted transactions are never delivered (nor imported), and an
+    #: open transaction holds its partition at its first record until it ends.
+    kafka_isolation_level: Literal["read_committed", "read_uncommitted"] = "read_committed"
     kafka_max_poll_records: int = Field(500, ge=1, le=100_000)
     kafka_session_timeout_ms: int = Field(45_000, ge=6_000, le=1_800_000)
     kafka_max_poll_interval_ms: int = Field(300_000, ge=10_000)

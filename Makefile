@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt bench schema clean
+.PHONY: run test test-kafka lint fmt bench schema clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ run: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest -q
+
+# The integration, reliability and replay suites and the Apache-Kafka-only tests, on a real Apache Kafka
+# (tests/apache_kafka.py: needs Java 17+, and Maven the first time on a machine). Lint is `make test`'s.
+test-kafka: $(STAMP)
+	TEST_BROKER=apache-kafka $(BIN)/python -m pytest -q -m "integration or apache_kafka" --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check schemas worker tests

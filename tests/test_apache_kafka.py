@@ -18,8 +18,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.factories import bbox, message
-from tests.kafka_helpers import committed, produce
+from tests.kafka_helpers import committed, produce, read_dlq
 from tests.worker_harness import make_topics, running, settings_for, wait_committed
+from worker.dlq import H_TRUNCATED
+from worker.embedded import create_topics
 from worker.sandbox import Sandbox
 
 pytestmark = [pytest.mark.integration, pytest.mark.apache_kafka]
@@ -139,3 +141,90 @@ async def test_an_open_transaction_holds_its_partition_until_it_ends(
     assert held_at == {0: 6}, "the commit stopped at the open transaction (5 records + 1 marker)"
     assert stored_keys(sandbox) == set(keys("before", 5) + keys("open", 5) + keys("plain", 5))
     assert ends == {0: 17}
+
+
+# --- the DLQ, read by a librdkafka consumer group; its size limit -------------------------------------
+
+
+#: Invalid messages and the reason the worker gives each.
+INVALID = {
+    b"not json at all": "invalid_json",
+    b"\xff\xfe\x00garbage": "invalid_utf8",
+    orjson.dumps({"model_run_id": RUN}): "unknown_payload_format",
+    b"[1, 2]": "not_an_object",
+}
+
+
+def read_group(bootstrap: str, topic: str, group: str, expected: int, timeout_s: float) -> list[Any]:
+    """Two librdkafka consumers in ``group`` read ``topic`` until ``expected`` distinct records are read
+    and each holds a partition; each commits what it read. Returns the records (blocking)."""
+    config = {"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest"}
+    members = [confluent_kafka.Consumer({**config, "enable.auto.commit": False}) for _ in range(2)]
+    for member in members:
+        member.subscribe([topic])
+    read: dict[tuple[int, int], Any] = {}
+    assigned: list[list[int]] = [[], []]
+    deadline = time.monotonic() + timeout_s
+    try:
+        while (len(read) < expected or [] in assigned) and time.monotonic() < deadline:
+            for member in members:
+                record = member.poll(0.1)
+                if record is not None and record.error() is None:
+                    read[(record.partition(), record.offset())] = record
+                    member.commit(record, asynchronous=False)
+            assigned = [sorted(tp.partition for tp in member.assignment()) for member in members]
+    finally:
+        for member in members:
+            member.close()
+    assert sorted(assigned) == [[0], [1]], "the group split the DLQ's two partitions"
+    return list(read.values())
+
+
+async def test_a_librdkafka_consumer_group_reads_the_dlq(
+    bootstrap: str, topic: str, sandbox: Sandbox
+) -> None:
+    """Operators read the DLQ with any client: here a librdkafka group of two, over a 2-partition DLQ."""
+    dlq = f"{topic}-wide.dlq"
+    await create_topics(bootstrap, {topic: 1, dlq: 2})
+    records = [(f"key-{i}".encode(), value, 0) for i, value in enumerate(list(INVALID) * 3)]
+    await produce(bootstrap, topic, records)
+    settings = settings_for(bootstrap, topic, sandbox, kafka_dlq_topic=dlq)
+    async with running(settings):
+        assert await wait_committed(bootstrap, settings, {0: len(records)}) == {0: len(records)}
+    dlq_ends = await end_offsets(bootstrap, dlq, 2)
+    assert sum(dlq_ends.values()) == len(records)
+    assert all(dlq_ends.values()), "spread over both partitions"
+    group = f"dlq-readers-{topic}"
+    read = await asyncio.to_thread(read_group, bootstrap, dlq, group, len(records), 30.0)
+    assert sorted((r.key(), r.value()) for r in read) == sorted((k, v) for k, v, _ in records)
+    for record in read:
+        headers = {name: value.decode() for name, value in record.headers() or []}
+        assert headers["dlq.origin.topic"] == topic
+        assert headers["dlq.reason"] == INVALID[record.value()]
+    assert await committed(bootstrap, group, dlq, 2) == dlq_ends, "the group committed what it read"
+
+
+@pytest.mark.parametrize(("topic_limit", "kept"), [(100_000, 64 * 1024), (16_384, 0)])
+async def test_a_dlq_topic_limit_below_a_record_keeps_it_truncated(
+    bootstrap: str, topic: str, sandbox: Sandbox, topic_limit: int, kept: int
+) -> None:
+    """The DLQ topic's max.message.bytes (1 MiB by a cluster's default) is below the worker's
+    KAFKA_DLQ_MAX_MESSAGE_BYTES (16 MiB): the broker refuses the 300 kB invalid record, and the worker
+    keeps its first 64 KiB with its size in a header, or only its headers if the limit is below 64 KiB
+    (before, the worker retried that write for ever and the partition's commits stopped), then goes on."""
+    dlq = f"{topic}.dlq"
+    await create_topics(bootstrap, {topic: 1, dlq: 1}, configs={dlq: {"max.message.bytes": str(topic_limit)}})
+    big = b"{" + b"x" * 299_999  # invalid JSON
+    records = [(b"k", b"small, not json", 0), (b"k", big, 0), (b"k", value_for("after.jpg"), 0)]
+    await produce(bootstrap, topic, records)
+    settings = settings_for(bootstrap, topic, sandbox)
+    assert settings.kafka_dlq_max_message_bytes > topic_limit
+    async with running(settings):
+        assert await wait_committed(bootstrap, settings, {0: 3}, timeout_s=30) == {0: 3}
+    letters = await read_dlq(bootstrap, dlq)
+    assert [(d.value, d.headers.get(H_TRUNCATED)) for d in letters] == [
+        (b"small, not json", None),
+        (big[:kept], "300000"),
+    ]
+    assert letters[1].headers["dlq.reason"] == "invalid_json"
+    assert stored_keys(sandbox) == {"after.jpg"}, "the stream went on"

@@ -9,20 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import confluent_kafka
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
 
+from tests.apache_kafka import ApacheKafka, TlsFiles
 from tests.factories import bbox, message
-from tests.kafka_helpers import committed, produce, read_dlq
+from tests.kafka_helpers import DeadLettered, committed, produce, read_dlq
+from tests.tls_certs import Pki, make_pki
 from tests.worker_harness import make_topics, running, settings_for, wait_committed
 from worker.dlq import H_TRUNCATED
 from worker.embedded import create_topics
 from worker.sandbox import Sandbox
+from worker.settings import KafkaSettings
+from worker.source import make_producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.apache_kafka]
 
@@ -228,3 +234,96 @@ async def test_a_dlq_topic_limit_below_a_record_keeps_it_truncated(
     ]
     assert letters[1].headers["dlq.reason"] == "invalid_json"
     assert stored_keys(sandbox) == {"after.jpg"}, "the stream went on"
+
+
+# --- SASL/SCRAM-SHA-512 and TLS, end to end -----------------------------------------------------------
+
+SCRAM_USER, SCRAM_PASSWORD = "lbworker", "scram-secret-5d1e"
+
+
+@pytest.fixture(scope="module")
+def secure_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApacheKafka, Pki]]:
+    """An Apache Kafka of its own with three listeners: PLAINTEXT (for the test's own clients),
+    SASL_PLAINTEXT with SCRAM-SHA-512 (the user written at format time) and SSL requiring client
+    certificates from a CA made here."""
+    pki = make_pki(tmp_path_factory.mktemp("pki"))
+    tls = TlsFiles(keystore_pem=pki.server_keystore, client_ca_pem=pki.ca)
+    with ApacheKafka(scram_users={SCRAM_USER: SCRAM_PASSWORD}, tls=tls) as kafka:
+        yield kafka, pki
+
+
+async def stream_through(
+    kafka: ApacheKafka, address: str, topic: str, sandbox: Sandbox, **security: Any
+) -> tuple[dict[int, int], list[DeadLettered]]:
+    """Produce 30 valid and 1 invalid record over PLAINTEXT, run the worker over ``address`` with
+    ``security`` settings; returns the committed offsets and the DLQ (both read over PLAINTEXT)."""
+    await make_topics(kafka.bootstrap, topic, 2)
+    records = [(RUN.encode(), value_for(f"sec-{i}.jpg"), i % 2) for i in range(30)]
+    records.append((RUN.encode(), b"not json", 0))
+    await produce(kafka.bootstrap, topic, records)
+    settings = settings_for(address, topic, sandbox, **security)
+    async with running(settings) as (_, task):
+        seen = await wait_committed(kafka.bootstrap, settings, {0: 16, 1: 15}, timeout_s=60)
+        assert not task.done(), "the worker runs"
+    return {p: offset or 0 for p, offset in seen.items()}, await read_dlq(kafka.bootstrap, f"{topic}.dlq")
+
+
+async def test_sasl_scram_sha_512_end_to_end(
+    secure_kafka: tuple[ApacheKafka, Pki], topic: str, sandbox: Sandbox
+) -> None:
+    kafka, _ = secure_kafka
+    assert kafka.sasl_port is not None
+    security = {
+        "kafka_security_protocol": "SASL_PLAINTEXT",
+        "kafka_sasl_mechanism": "SCRAM-SHA-512",
+        "kafka_sasl_username": SCRAM_USER,
+        "kafka_sasl_password": SCRAM_PASSWORD,
+    }
+    seen, dlq = await stream_through(kafka, f"127.0.0.1:{kafka.sasl_port}", topic, sandbox, **security)
+    assert seen == {0: 16, 1: 15}, "consumed and committed over SASL"
+    assert stored_keys(sandbox) == {f"sec-{i}.jpg" for i in range(30)}
+    assert [d.headers["dlq.reason"] for d in dlq] == ["invalid_json"], "the DLQ producer authenticated too"
+
+
+async def test_tls_with_client_certificates_end_to_end(
+    secure_kafka: tuple[ApacheKafka, Pki], topic: str, sandbox: Sandbox
+) -> None:
+    kafka, pki = secure_kafka
+    assert kafka.ssl_port is not None
+    security = {
+        "kafka_security_protocol": "SSL",
+        "kafka_ssl_cafile": pki.ca,
+        "kafka_ssl_certfile": pki.client_cert,
+        "kafka_ssl_keyfile": pki.client_key,
+    }
+    seen, dlq = await stream_through(kafka, f"127.0.0.1:{kafka.ssl_port}", topic, sandbox, **security)
+    assert seen == {0: 16, 1: 15}, "consumed and committed over TLS (the server verified by our CA)"
+    assert stored_keys(sandbox) == {f"sec-{i}.jpg" for i in range(30)}
+    assert [d.headers["dlq.reason"] for d in dlq] == ["invalid_json"]
+
+
+@pytest.mark.parametrize("case", ["wrong-password", "no-client-certificate", "unknown-ca"])
+async def test_the_secure_listeners_refuse_bad_credentials(
+    secure_kafka: tuple[ApacheKafka, Pki], case: str, tmp_path: Path
+) -> None:
+    """The two tests above prove something only if the listeners check: the worker's own clients
+    (worker.source) with a wrong password, without a client certificate, or trusting another CA fail
+    to start."""
+    kafka, pki = secure_kafka
+    values: dict[str, Any] = {"kafka_security_protocol": "SSL", "kafka_ssl_cafile": pki.ca}
+    address = f"127.0.0.1:{kafka.ssl_port}"
+    if case == "wrong-password":
+        address = f"127.0.0.1:{kafka.sasl_port}"
+        values = {
+            "kafka_security_protocol": "SASL_PLAINTEXT",
+            "kafka_sasl_mechanism": "SCRAM-SHA-512",
+            "kafka_sasl_username": SCRAM_USER,
+            "kafka_sasl_password": "not-the-password",
+        }
+    elif case == "unknown-ca":
+        values |= {"kafka_ssl_certfile": pki.client_cert, "kafka_ssl_keyfile": pki.client_key}
+        values["kafka_ssl_cafile"] = make_pki(tmp_path).ca
+    producer = make_producer(KafkaSettings.model_validate({"kafka_bootstrap_servers": address, **values}))
+    with pytest.raises(KafkaError):
+        await asyncio.wait_for(producer.start(), 30)
+    await producer.stop()

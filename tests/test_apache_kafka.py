@@ -17,16 +17,18 @@ import confluent_kafka
 import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.errors import KafkaError
 
 from tests.apache_kafka import ApacheKafka, TlsFiles
+from tests.conftest import API_KEY
 from tests.factories import bbox, message
 from tests.kafka_helpers import DeadLettered, committed, produce, read_dlq
 from tests.tls_certs import Pki, make_pki
 from tests.worker_harness import make_topics, running, settings_for, wait_committed
 from worker.dlq import H_TRUNCATED
 from worker.embedded import create_topics
-from worker.sandbox import Sandbox
+from worker.sandbox import FaultRule, Sandbox
 from worker.settings import KafkaSettings
 from worker.source import make_producer
 
@@ -327,3 +329,77 @@ async def test_the_secure_listeners_refuse_bad_credentials(
     with pytest.raises(KafkaError):
         await asyncio.wait_for(producer.start(), 30)
     await producer.stop()
+
+
+# --- consumer lag: KEDA's reading and the worker's metric ----------------------------------------------
+
+
+async def keda_lag(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """Lag as KEDA's Kafka scaler computes it: end offsets (ListOffsets) minus the group's committed
+    offsets (OffsetFetch through an admin client), per partition."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        offsets = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    done = {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+    ends = await end_offsets(bootstrap, topic, partitions)
+    return {p: end - max(done.get(p, 0), 0) for p, end in ends.items()}
+
+
+def worker_figures(service: Any, topic: str, partitions: int) -> tuple[dict[int, float], float]:
+    """(lbworker_consumer_lag per partition, lbworker_messages_consumed_total) from its registry."""
+    registry = service.metrics.registry
+    lag = {
+        p: registry.get_sample_value("lbworker_consumer_lag", {"topic": topic, "partition": str(p)}) or 0.0
+        for p in range(partitions)
+    }
+    return lag, registry.get_sample_value("lbworker_messages_consumed_total", {"topic": topic}) or 0.0
+
+
+async def test_consumer_lag_mid_stream_as_keda_reads_it_and_as_the_worker_exports_it(
+    bootstrap: str, topic: str
+) -> None:
+    """Labelbox held slow (each import created after 2 s), so lag is large and fetching pauses. KEDA's
+    lag counts every record not committed; ``lbworker_consumer_lag`` counts the records not yet
+    fetched; the difference is what the worker holds (fetched, not settled): each checked against its
+    own definition mid-stream, and both 0 at the end."""
+    partitions, count = 2, 400
+    async with Sandbox(api_key=API_KEY, processing_delay_s=0.05) as sandbox:
+        slow = FaultRule(kind="latency", operation="create_import", delay_s=2.0, count=None)
+        sandbox.state.add_fault(slow)
+        await make_topics(bootstrap, topic, partitions)
+        records = [(RUN.encode(), value_for(f"lag-{i}.jpg"), i % partitions) for i in range(count)]
+        await produce(bootstrap, topic, records)
+        settings = settings_for(
+            bootstrap, topic, sandbox, buffer_max_bytes=32 * 1024, batch_max_rows=10, upload_concurrency=2
+        )
+        group = settings.kafka_group_id
+        async with running(settings) as (service, _):
+            paused = await until(
+                lambda: (service.metrics.registry.get_sample_value("lbworker_paused_partitions") or 0) > 0,
+                timeout_s=30,
+            )
+            assert paused, "the buffer filled: fetching paused"
+            for _ in range(20):  # a sample during which the worker did not fetch (bounded)
+                before = worker_figures(service, topic, partitions)
+                keda = await keda_lag(bootstrap, group, topic, partitions)
+                commits = await committed(bootstrap, group, topic, partitions)
+                if worker_figures(service, topic, partitions) == before:
+                    break
+            lag, consumed = before
+            in_worker = consumed - sum(v or 0 for v in commits.values())
+            print(
+                f"LAG mid-stream: keda={keda} worker={lag} consumed={consumed:.0f} in_worker={in_worker:.0f}"
+            )
+            assert sum(keda.values()) == count - sum(v or 0 for v in commits.values()), "end minus committed"
+            assert sum(lag.values()) == count - consumed, "end minus fetch position"
+            assert sum(keda.values()) - sum(lag.values()) == in_worker > 0, "fetched, not yet committed"
+            assert all(lag[p] <= keda[p] for p in range(partitions))
+            assert sum(lag.values()) > 0, "lag is large: records not fetched yet"
+            sandbox.state.clear_faults()
+            ends = {p: count // partitions for p in range(partitions)}
+            assert await wait_committed(bootstrap, settings, ends, timeout_s=120) == ends
+            assert await until(lambda: worker_figures(service, topic, partitions)[0] == {0: 0.0, 1: 0.0}, 10)
+        assert await keda_lag(bootstrap, group, topic, partitions) == {0: 0, 1: 0}

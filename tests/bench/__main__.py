@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.apache_kafka import KAFKA_VERSION, ApacheKafka
 from tests.bench.conversion import run_conversion
 from tests.bench.corpus import build
 from tests.bench.end_to_end import LINGER_S, POLL_INTERVAL_S, EndToEndResult, Setup, run_end_to_end
@@ -71,13 +72,21 @@ def progress(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, to check that the bench runs")
-    plan = QUICK if parser.parse_args(argv).quick else FULL
+    parser.add_argument(
+        "--no-apache-kafka",
+        action="store_true",
+        help="skip the end-to-end phase on Apache Kafka (it needs Java 17+, and Maven the first time)",
+    )
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
     started = time.monotonic()
     print_header()
     figures = conversion_phase(plan)
     log_dir = Path(tempfile.mkdtemp(prefix="lbworker-bench-"))
     try:
         figures += asyncio.run(service_phases(plan, log_dir))
+        if not args.no_apache_kafka:
+            asyncio.run(apache_kafka_phase(plan, log_dir))
     except BaseException:
         progress(f"failed; the broker, sandbox and worker logs are kept in {log_dir}")
         raise
@@ -126,13 +135,28 @@ async def service_phases(plan: Plan, log_dir: Path) -> list[Figure]:
         return figures + await memory_phase(plan, setup)
 
 
-async def e2e_phase(plan: Plan, setup: Setup) -> list[Figure]:
+async def apache_kafka_phase(plan: Plan, log_dir: Path) -> None:
+    """The end-to-end phase again, on Apache Kafka (tests/apache_kafka.py). Reported, not in the summary:
+    the targets are judged on the embedded broker."""
+    with (
+        ApacheKafka(log_path=log_dir / "apache-kafka.log") as kafka,
+        SandboxProcess(log_dir / "sandbox-apache-kafka.log") as sandbox,
+    ):
+        title = (
+            f"2b. End to end on Apache Kafka {KAFKA_VERSION} (single node, KRaft), same corpus and settings"
+        )
+        await e2e_phase(plan, Setup(kafka.bootstrap, sandbox, log_dir), title)
+
+
+async def e2e_phase(plan: Plan, setup: Setup, title: str | None = None) -> list[Figure]:
     corpus = build(plan.e2e_messages, runs=3, masks=False, seed=11)
     subset = corpus.head(plan.baseline_messages)
     messages, baseline = count(len(corpus.values)), count(len(subset.values))
     progress(f"end to end: {messages} messages, worker x{plan.worker_runs}, SDK consumer on {baseline}")
     result = await run_end_to_end(setup, corpus, subset, plan.worker_runs)
-    section("2. End to end: local broker -> worker -> local Labelbox (a separate process), committed")
+    section(
+        title or "2. End to end: local broker -> worker -> local Labelbox (a separate process), committed"
+    )
     print(e2e_description(result, plan) + "\n")
     print(e2e_table(result))
     if not e2e_passed(result):

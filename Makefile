@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test test-unit lint fmt bench schema lock clean
+.PHONY: run test test-unit test-kafka lint fmt bench schema lock clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ test: lint
 # The inner loop: every test that needs no broker (pure stages, SDK oracle, local HTTP server).
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
+
+# The integration, reliability and replay suites and the Apache-Kafka-only tests, on a real Apache Kafka
+# (tests/apache_kafka.py: needs Java 17+, and Maven the first time on a machine). Lint is `make test`'s.
+test-kafka: $(STAMP)
+	TEST_BROKER=apache-kafka $(BIN)/python -m pytest -q -m "integration or apache_kafka" --durations=15
 
 lint: $(STAMP)
 	$(BIN)/ruff check schemas worker labelbox_sandbox devtools tests

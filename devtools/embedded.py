@@ -122,14 +122,22 @@ class EmbeddedBroker:
         self.stop()
 
 
-async def create_topics(bootstrap: str, topics: dict[str, int], timeout_s: float = 20.0) -> None:
-    """Create topics (name -> partition count); existing ones are left as they are."""
+async def create_topics(
+    bootstrap: str,
+    topics: dict[str, int],
+    timeout_s: float = 20.0,
+    configs: dict[str, dict[str, str]] | None = None,
+) -> None:
+    """Create topics (name -> partition count), with topic ``configs`` (name -> settings, e.g.
+    ``max.message.bytes``); existing ones are left as they are."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout_s * 1000))
     await admin.start()
     try:
         for name, partitions in topics.items():
+            topic_configs = (configs or {}).get(name, {})
+            new = NewTopic(name, num_partitions=partitions, replication_factor=1, topic_configs=topic_configs)
             with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([NewTopic(name, num_partitions=partitions, replication_factor=1)])
+                await admin.create_topics([new])
     finally:
         await admin.close()
 

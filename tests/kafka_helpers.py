@@ -64,12 +64,15 @@ async def read_all(bootstrap: str, topic: str, expected: int, timeout_s: float =
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str, timeout_s: float) -> set[int]:
+    """The topic's partitions. Tracking the topic makes the client ask for it by name: Apache Kafka
+    answers the bootstrap metadata request (no topic named) with no topics, Tansu with all of them."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
+        await consumer._client.add_topic(topic)
         partitions = consumer.partitions_for_topic(topic)
         if partitions:
             return set(partitions)
-        await consumer.topics()  # refreshes metadata
+        await consumer._client.force_metadata_update()
         await asyncio.sleep(0.1)
     return set()
 

@@ -42,11 +42,12 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydantic import SecretStr
 
+from devtools.embedded import create_topics
 from labelbox_sandbox import Sandbox
 from schemas.errors import REASON_CODES
 from tests.factories import bbox, every_type, message, png_b64, radio
 from tests.kafka_helpers import DeadLettered, produce, read_dlq
-from tests.worker_harness import make_topics, settings_for, wait_committed
+from tests.worker_harness import settings_for, wait_committed
 from worker.convert import convert
 from worker.decode import Rejection, decode
 from worker.dlq import H_ERROR, H_OFFSET, H_PARTITION, H_REASON, H_TOPIC, H_TRUNCATED
@@ -499,7 +500,11 @@ async def test_bad_input_goes_to_the_dlq_valid_input_flows_memory_stays_bounded(
     partitions = 2
     records = interleaved(partitions)
     ends = {p: sum(1 for r in records if r.partition == p) for p in range(partitions)}
-    await make_topics(bootstrap, topic, partitions)
+    # Apache Kafka refuses a batch over the topic's max.message.bytes (the broker's message.max.bytes by
+    # default); Tansu has no limit. The topic takes the 50 MB record, so the worker must reject it.
+    await create_topics(
+        bootstrap, {topic: partitions, f"{topic}.dlq": 1}, configs={topic: {"max.message.bytes": "67108864"}}
+    )
     settings = settings_for(bootstrap, topic, sandbox, batch_max_rows=200)
     log_path = tmp_path / "worker.log"
     started = time.monotonic()

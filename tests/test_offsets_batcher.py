@@ -44,6 +44,25 @@ def test_gaps_in_the_log_do_not_block() -> None:
     assert offsets.commit_offset == 10
 
 
+def test_the_commit_point_passes_offsets_without_records() -> None:
+    """Transaction markers and aborted records are never returned by the consumer: its position passes
+    them, and so does the commit point, but never an unsettled record."""
+    offsets = PartitionOffsets(start=0)
+    offsets.track(0)
+    offsets.track(1)
+    assert not offsets.pass_to(3), "records 0 and 1 are not settled"
+    assert offsets.commit_offset == 0
+    offsets.settle(0)
+    offsets.settle(1)
+    assert offsets.commit_offset == 3, "past the marker at 2"
+    assert not offsets.pass_to(3)
+    assert not offsets.pass_to(2), "the position never moves back the commit point"
+    offsets.track(5)  # 3, 4: an aborted transaction's records
+    offsets.settle(5)
+    assert offsets.pass_to(7)
+    assert offsets.commit_offset == 7
+
+
 def test_settle_is_idempotent_and_ignores_unknown_offsets() -> None:
     offsets = PartitionOffsets(start=0)
     offsets.track(0)

@@ -1,6 +1,6 @@
 """Reliability: prove that nothing is lost, under Labelbox faults, a broker outage and a slow Labelbox.
 
-Every scenario streams real Kafka records (embedded broker, or ``KAFKA_BOOTSTRAP_SERVERS``) through the
+Every scenario streams real Kafka records (the broker under test, see conftest.py) through the
 real worker to the local Labelbox-compatible sandbox, then judges on what the sandbox holds, what the
 dead-letter topic holds and what the group committed:
 
@@ -43,7 +43,8 @@ from pydantic import SecretStr
 from devtools.embedded import broker_binary, free_port
 from labelbox_sandbox import FaultRule, Sandbox
 from labelbox_sandbox.state import ROW_FAILURE_ERROR_NAME
-from tests.conftest import API_KEY
+from tests.apache_kafka import ApacheKafka
+from tests.conftest import APACHE_KAFKA, API_KEY
 from tests.factories import bbox, message, radio
 from tests.kafka_helpers import DeadLettered, committed, produce, read_dlq
 from tests.tcp_proxy import TcpProxy
@@ -810,17 +811,26 @@ async def test_all_labelbox_faults_mixed_lose_nothing(bootstrap: str, topic: str
 # --- 2. broker faults: the link to the broker cut mid-stream ---------------------------------------
 
 OUTAGE_S = 10.0
+#: Session timeouts the outage runs with. Apache Kafka expires a member whose heartbeats stop for
+#: longer than the session timeout, so with the default 45 s it keeps the worker through the 10 s cut
+#: and with the tests' 6 s it rebalances; the embedded broker needs the short one (it holds a join for
+#: half of it) and keeps the member through the cut all the same.
+OUTAGE_SESSIONS_MS = [45_000, 6_000] if APACHE_KAFKA else [6_000]
 
 
 @contextlib.asynccontextmanager
 async def broker_behind_proxy() -> AsyncIterator[tuple[str, TcpProxy]]:
-    """A dedicated embedded broker that listens on one port and advertises the proxy's port.
+    """A dedicated broker (embedded, or Apache Kafka) that listens on one port and advertises the proxy's.
 
     Kafka clients connect to the address the metadata advertises, so every connection (the worker's
     consumer, coordinator, DLQ producer, and this test's producer and offset reads) goes through the
     proxy; cutting the proxy cuts the broker off for everybody, as a network partition would.
     """
     listen, advertised = free_port(), free_port()
+    if APACHE_KAFKA:
+        async with _apache_kafka_behind_proxy(listen, advertised) as behind:
+            yield behind
+        return
     command = [
         broker_binary(),
         "broker",
@@ -841,6 +851,21 @@ async def broker_behind_proxy() -> AsyncIterator[tuple[str, TcpProxy]]:
     finally:
         await proxy.stop()
         await stop_process(process)
+
+
+@contextlib.asynccontextmanager
+async def _apache_kafka_behind_proxy(listen: int, advertised: int) -> AsyncIterator[tuple[str, TcpProxy]]:
+    kafka = ApacheKafka(listen, advertised_port=advertised)
+    # Started from this (the main) thread, which the JVM's parent-death signal is tied to; blocks the
+    # loop for the few seconds of a start, before anything else runs in it.
+    kafka.start()
+    proxy = TcpProxy(listen, port=advertised)
+    try:
+        await proxy.start()
+        yield f"127.0.0.1:{proxy.port}", proxy
+    finally:
+        await proxy.stop()
+        kafka.stop()
 
 
 async def stop_process(process: asyncio.subprocess.Process, timeout_s: float = 10) -> int:
@@ -904,7 +929,11 @@ def generation(service: Any) -> tuple[int, str]:
     return coordinator.generation, coordinator.member_id
 
 
-async def test_broker_outage_makes_the_worker_unready_then_it_finishes_the_stream(topic: str) -> None:
+@pytest.mark.parametrize("session_ms", OUTAGE_SESSIONS_MS)
+async def test_broker_outage_makes_the_worker_unready_then_it_finishes_the_stream(
+    topic: str, session_ms: int
+) -> None:
+    rebalance_expected = APACHE_KAFKA and session_ms < OUTAGE_S * 1000
     partitions = 2
     first = stream(240, partitions, RUNS)
     later_count = 60
@@ -918,7 +947,14 @@ async def test_broker_outage_makes_the_worker_unready_then_it_finishes_the_strea
         sandbox.state.add_fault(FaultRule(kind="row_failure", fraction=0.05, count=None))
         await make_topics(bootstrap, topic, partitions)
         await produce_sent(bootstrap, topic, first)
-        settings = settings_for(bootstrap, topic, sandbox, batch_max_rows=10, upload_concurrency=2)
+        settings = settings_for(
+            bootstrap,
+            topic,
+            sandbox,
+            batch_max_rows=10,
+            upload_concurrency=2,
+            kafka_session_timeout_ms=session_ms,
+        )
         sampler = CommitSampler(bootstrap, settings.kafka_group_id, topic, partitions, sandbox)
         started = time.monotonic()
         async with sampler.active(), running(settings) as (service, task):
@@ -945,7 +981,7 @@ async def test_broker_outage_makes_the_worker_unready_then_it_finishes_the_strea
         status = task.result() if task.done() else None
         elapsed = time.monotonic() - started
         outcome = Outcome(
-            case="broker-outage",
+            case=f"broker-outage-session-{session_ms // 1000}s",
             sent=sent,
             stored={run: uuids_stored(sandbox, run) for run in RUNS},
             dlq=await read_dlq(bootstrap, f"{topic}.dlq"),
@@ -971,6 +1007,10 @@ async def test_broker_outage_makes_the_worker_unready_then_it_finishes_the_strea
             assert all(p.running and p.live for p in during + after), "the worker never crashed"
             assert status == 0, "a clean exit after the outage"
             assert unready, "the worker reported not ready while cut off from the broker"
+            if rebalance_expected:
+                assert after_gen[0] > before[0], "Apache Kafka expired the member: a new generation"
+            else:
+                assert after_gen == before, "no rebalance: the same generation and member id"
             assert all(p.readyz == 503 for p in unready), "/readyz answered 503 while not ready"
             assert_nothing_lost_allowing_redelivery(outcome, expected_reasons(sent, sandbox), topic)
             assert_committed_only_settled(outcome)

@@ -24,8 +24,9 @@ H_REPLAYS = "dlq.replay_count"
 #: The Confluent Schema Registry id (or GUID) the original value was framed with (``worker.framing``).
 H_SCHEMA_ID = "dlq.schema_id"
 _MAX_ERROR_CHARS = 4000
-#: What is kept of a value the broker refuses as too large.
-_TRUNCATED_VALUE_BYTES = 64 * 1024
+#: What is kept of a value the broker refuses as too large: its first 64 KiB, or nothing when even that
+#: is refused (a DLQ topic whose max.message.bytes is below 64 KiB).
+_TRUNCATED_VALUE_BYTES = (64 * 1024, 0)
 log = logging.getLogger("worker.dlq")
 
 
@@ -82,7 +83,9 @@ class DeadLetterWriter:
         self._topic = topic
 
     async def write(self, letter: DeadLetter) -> None:
-        """Send and await delivery. A value the broker refuses as too large is sent truncated."""
+        """Send and await delivery. A value refused as too large (by the broker, or by
+        KAFKA_DLQ_MAX_MESSAGE_BYTES) is sent truncated, with its size in a header; raises
+        ``MessageSizeTooLargeError`` only when the record is refused even without its value."""
         headers = letter.headers()
         log.debug(  # one line per record: LOG_LEVEL=DEBUG, like Kafka Connect's errors.log.enable
             "dead_lettered",
@@ -100,11 +103,20 @@ class DeadLetterWriter:
         )
         try:
             await self._send(letter.key, letter.value, headers)
+            return
         except MessageSizeTooLargeError:
             size = len(letter.value or b"")
-            log.warning("dlq_value_truncated", extra={"ctx": {"bytes": size, "reason": letter.reason}})
-            truncated = (letter.value or b"")[:_TRUNCATED_VALUE_BYTES]
-            await self._send(letter.key, truncated, [*headers, (H_TRUNCATED, str(size).encode())])
+        marked = [*headers, (H_TRUNCATED, str(size).encode())]
+        for keep in _TRUNCATED_VALUE_BYTES:
+            log.warning(
+                "dlq_value_truncated", extra={"ctx": {"bytes": size, "kept": keep, "reason": letter.reason}}
+            )
+            try:
+                await self._send(letter.key, (letter.value or b"")[:keep], marked)
+                return
+            except MessageSizeTooLargeError:
+                if keep == _TRUNCATED_VALUE_BYTES[-1]:
+                    raise
 
     async def _send(self, key: bytes | None, value: bytes | None, headers: list[tuple[str, bytes]]) -> None:
         await self._producer.send_and_wait(self._topic, value=value, key=key, headers=headers)

@@ -31,6 +31,17 @@ class Ledger:
             tracker = self._trackers[tp] = PartitionOffsets(first_offset)
         return tracker
 
+    def partitions(self) -> list[TopicPartition]:
+        """The partitions tracked now."""
+        return list(self._trackers)
+
+    def pass_to(self, tp: TopicPartition, position: int) -> bool:
+        """The fetch position moved to ``position`` past offsets that hold no record (transaction
+        markers, aborted records): nothing will settle them, so the commit point may follow. True when
+        it moved."""
+        tracker = self._trackers.get(tp)
+        return tracker is not None and tracker.pass_to(position)
+
     def owned(self, envelope: Envelope) -> bool:
         """Whether the record still belongs to this worker (its partition was not revoked since)."""
         return self._trackers.get(envelope.tp) is envelope.tracker

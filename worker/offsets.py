@@ -30,6 +30,16 @@ class PartitionOffsets:
         self._pending.add(offset)
         self._next = offset + 1
 
+    def pass_to(self, position: int) -> bool:
+        """The consumer's fetch position moved to ``position`` past offsets that hold no record for us
+        (transaction markers; records of aborted transactions under read_committed): nothing there
+        will settle, so the commit point may pass them. Returns whether the commit point moved."""
+        if position <= self._next:
+            return False
+        before = self.commit_offset
+        self._next = position
+        return self.commit_offset != before
+
     def settle(self, offset: int) -> bool:
         """Mark a tracked offset settled; returns False (and does nothing) if it was not pending."""
         if offset not in self._pending:

@@ -25,7 +25,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalStateError, KafkaError
 
 from worker.admission import Admit, Decision, OntologyGate, Park, Refuse
 from worker.batcher import Batch, Batcher, BatchLimits
@@ -204,6 +204,7 @@ class Pipeline:
             self._corrupt.fetched(fetched)
             for tp, records in fetched.items():
                 self._accept(tp, records)
+            await self._pass_recordless_offsets()
 
     async def _undecodable(self, error: Exception) -> None:
         """A batch that cannot be decoded: a missing codec stops the worker at once; a CRC failure is
@@ -239,6 +240,22 @@ class Pipeline:
                 highwater - records[-1].offset - 1
             )
         self._queue.put_nowait(envelopes)
+
+    async def _pass_recordless_offsets(self) -> None:
+        """Let the commit point follow the fetch position past offsets that hold no record: transaction
+        markers, and records of aborted transactions. No record settles them, so without this the
+        committed offset of a partition that ends with a marker stays one short for ever (lag 1)."""
+        assigned = self._consumer.assignment()
+        for tp in self._ledger.partitions():
+            if tp not in assigned:
+                continue
+            with contextlib.suppress(IllegalStateError):
+                position = await self._consumer.position(tp)  # known: records came from it
+                if self._ledger.pass_to(tp, position):
+                    self._commit_wanted.set()
+                highwater = self._consumer.highwater(tp)
+                if highwater is not None:
+                    self._metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(highwater - position)
 
     def _apply_backpressure(self) -> None:
         full = self._budget.full

@@ -75,7 +75,9 @@ async def _dlq_records(
     consumer: AIOKafkaConsumer, topic: str, timeout_s: float
 ) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
     """Every record of the DLQ from the beginning to the end seen in fetch responses (bounded)."""
-    partitions = consumer.partitions_for_topic(topic) or set(await _partitions(consumer, topic))
+    partitions = await _partitions(consumer, topic)
+    if not partitions:
+        return  # no such topic: nothing was ever dead-lettered
     consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
     await consumer.seek_to_beginning()
     idle, deadline = 0, time.monotonic() + timeout_s
@@ -88,7 +90,13 @@ async def _dlq_records(
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    await consumer.topics()  # refreshes metadata
+    """The topic's partitions, from a metadata request that names it.
+
+    Apache Kafka answers the client's bootstrap metadata request (which names no topic) with no
+    topics, and ``consumer.topics()`` fills a separate cluster view, so a consumer outside any group
+    knows a topic's partitions only once the topic is tracked; aiokafka has no public call for that.
+    """
+    await consumer._client.add_topic(topic)
     return set(consumer.partitions_for_topic(topic) or ())
 
 

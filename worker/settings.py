@@ -85,6 +85,11 @@ class KafkaSettings(LogSettings):
     kafka_ssl_cafile: Path | None = Field(None, description="CA certificate (PEM)")
     kafka_ssl_certfile: Path | None = Field(None, description="client certificate (PEM)")
     kafka_ssl_keyfile: Path | None = Field(None, description="client key (PEM)")
+    #: read_committed: records of aborted transactions are never delivered (nor imported), and an
+    #: open transaction holds its partition at its first record until it ends.
+    kafka_isolation_level: Literal["read_committed", "read_uncommitted"] = Field(
+        "read_committed", description="read_committed skips records of aborted transactions"
+    )
     kafka_max_poll_records: int = Field(500, ge=1, le=100_000, description="records per fetch")
     kafka_session_timeout_ms: int = Field(45_000, ge=6_000, le=1_800_000, description="group session timeout")
     kafka_max_poll_interval_ms: int = Field(300_000, ge=10_000, description="max time between fetches")

@@ -51,6 +51,7 @@ def make_consumer(settings: Settings, **overrides: Any) -> AIOKafkaConsumer:
         "client_id": settings.kafka_client_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
+        "isolation_level": settings.kafka_isolation_level,
         "max_poll_records": settings.kafka_max_poll_records,
         "session_timeout_ms": settings.kafka_session_timeout_ms,
         "heartbeat_interval_ms": max(1000, settings.kafka_session_timeout_ms // 3),

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from devtools.embedded import EmbeddedBroker
+from tests.apache_kafka import KAFKA_VERSION, ApacheKafka
 from tests.bench.conversion import run_conversion
 from tests.bench.corpus import build
 from tests.bench.end_to_end import LINGER_S, POLL_INTERVAL_S, EndToEndResult, Setup, run_end_to_end
@@ -71,13 +72,21 @@ def progress(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, to check that the bench runs")
-    plan = QUICK if parser.parse_args(argv).quick else FULL
+    parser.add_argument(
+        "--no-apache-kafka",
+        action="store_true",
+        help="skip the end-to-end phase on Apache Kafka (it needs Java 17+, and Maven the first time)",
+    )
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
     started = time.monotonic()
     print_header()
     figures = conversion_phase(plan)
     log_dir = Path(tempfile.mkdtemp(prefix="lbworker-bench-"))
     try:
         figures += asyncio.run(service_phases(plan, log_dir))
+        if not args.no_apache_kafka:
+            asyncio.run(apache_kafka_phase(plan, log_dir))
     except BaseException:
         progress(f"failed; the broker, sandbox and worker logs are kept in {log_dir}")
         raise
@@ -126,29 +135,50 @@ async def service_phases(plan: Plan, log_dir: Path) -> list[Figure]:
         return figures + await memory_phase(plan, setup)
 
 
-async def e2e_phase(plan: Plan, setup: Setup) -> list[Figure]:
+async def apache_kafka_phase(plan: Plan, log_dir: Path) -> None:
+    """The end-to-end phase again, on Apache Kafka (tests/apache_kafka.py). Reported, not in the summary:
+    the targets are judged on the embedded broker."""
+    with (
+        ApacheKafka(log_path=log_dir / "apache-kafka.log") as kafka,
+        SandboxProcess(log_dir / "sandbox-apache-kafka.log") as sandbox,
+    ):
+        title = (
+            f"2b. End to end on Apache Kafka {KAFKA_VERSION} (single node, KRaft), same corpus and settings"
+        )
+        figures = await e2e_phase(plan, Setup(kafka.bootstrap, sandbox, log_dir), title)
+    print("\nThe same ratios on Apache Kafka (the targets are judged on the embedded broker):\n")
+    print(summary_table(figures))
+
+
+async def e2e_phase(plan: Plan, setup: Setup, title: str | None = None) -> list[Figure]:
     corpus = build(plan.e2e_messages, runs=3, masks=False, seed=11)
     subset = corpus.head(plan.baseline_messages)
     messages, baseline = count(len(corpus.values)), count(len(subset.values))
     progress(f"end to end: {messages} messages, worker x{plan.worker_runs}, SDK consumer on {baseline}")
     result = await run_end_to_end(setup, corpus, subset, plan.worker_runs)
-    section("2. End to end: local broker -> worker -> local Labelbox (a separate process), committed")
-    print(e2e_description(result, plan) + "\n")
+    section(
+        title or "2. End to end: local broker -> worker -> local Labelbox (a separate process), committed"
+    )
+    print(e2e_description(result, plan, tansu=title is None) + "\n")
     print(e2e_table(result))
     if not e2e_passed(result):
         raise SystemExit("end to end: the sandbox does not hold every prediction, or the worker failed")
     return e2e_figures(result)
 
 
-def e2e_description(result: EndToEndResult, plan: Plan) -> str:
+def e2e_description(result: EndToEndResult, plan: Plan, tansu: bool = True) -> str:
+    join = (
+        "Tansu holds a new group's first join for about half the session timeout (10 s for both group "
+        "consumers): hence the 'join' column and the rates after it."
+        if tansu
+        else "Apache Kafka answers a new group's first join at once (group.initial.rebalance.delay.ms=0)."
+    )
     return (
         "3 model runs on a 3-partition topic, no masks. Poll interval "
         f"{POLL_INTERVAL_S} s for the worker and for the SDK's wait_till_done; BATCH_LINGER_S={LINGER_S}; "
         f"sandbox processing delay 0. Worker: best of {plan.worker_runs} runs, each on a fresh group, "
         "timed from spawn until every partition is committed. The SDK baseline runs on the first "
-        f"{count(len(result.subset.values))} messages (own topic). Tansu holds a new group's first join "
-        "for about half the session timeout (10 s for both group consumers): hence the 'join' column "
-        "and the rates after it."
+        f"{count(len(result.subset.values))} messages (own topic). {join}"
     )
 
 

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint fmt bench schema clean
+.PHONY: run test test-unit lint fmt bench schema lock clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,25 +13,38 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/python -m worker demo
+	$(BIN)/python -m devtools.demo
 
 test: lint
 	$(BIN)/python -m pytest -q
 
+# The inner loop: every test that needs no broker (pure stages, SDK oracle, local HTTP server).
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not integration"
+
 lint: $(STAMP)
-	$(BIN)/ruff check schemas worker tests
-	$(BIN)/ruff format --check schemas worker tests
+	$(BIN)/ruff check schemas worker labelbox_sandbox devtools tests
+	$(BIN)/ruff format --check schemas worker labelbox_sandbox devtools tests
 	$(BIN)/mypy
 
 fmt: $(STAMP)
-	$(BIN)/ruff format schemas worker tests
-	$(BIN)/ruff check --fix schemas worker tests
+	$(BIN)/ruff format schemas worker labelbox_sandbox devtools tests
+	$(BIN)/ruff check --fix schemas worker labelbox_sandbox devtools tests
 
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench
 
 schema: $(STAMP)
 	$(BIN)/python -m schemas export-json-schema
+
+# Pin the runtime dependencies (what the image installs) from a clean venv of the package alone.
+lock:
+	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
+	.lockvenv/bin/python -m pip install -q --upgrade pip
+	.lockvenv/bin/python -m pip install -q .
+	( echo "# Runtime dependencies of labelbox-prediction-worker, pinned (make lock). The image installs these."; \
+	  .lockvenv/bin/python -m pip freeze --exclude labelbox-prediction-worker ) > deploy/requirements.lock
+	rm -rf .lockvenv build *.egg-info
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -3,7 +3,7 @@
 Field names here are Labelbox's camelCase. A line is passed on to Labelbox as given (a missing
 ``uuid`` is filled by the converter), so these models only check; they never reshape, with one
 exception: under an answer, Labelbox's own SDK writes ``schema_id`` / ``custom_metrics`` (its known
-bug, see shared/LABELBOX.md), so there those spellings are accepted too and stored camelCase.
+bug, named in the README's Tests section), so there those spellings are accepted too and stored camelCase.
 
 Where the NDJSON format is more lenient than the typed format, it follows what Labelbox takes: a
 feature or an answer may carry ``name``, ``schemaId`` or both (at least one), as the SDK writes for

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from worker.embedded import EmbeddedBroker
-from worker.sandbox import Sandbox
+from devtools.embedded import EmbeddedBroker
+from labelbox_sandbox import Sandbox
 
 API_KEY = "test-key-7f3c9a"
 

@@ -1,4 +1,4 @@
-"""Real processes for the reliability tests: ``python -m worker.sandbox`` and ``python -m worker run``.
+"""Real processes for the reliability tests: ``python -m labelbox_sandbox`` and ``python -m worker run``.
 
 Each is a subprocess on loopback whose stdout and stderr go to files under the test's directory;
 :class:`Processes` stops every process it started (SIGTERM, then SIGKILL after a timeout) when its
@@ -23,7 +23,7 @@ from typing import Any, Self
 
 import orjson
 
-from worker.embedded import free_port
+from devtools.embedded import free_port
 from worker.settings import OWN_PREFIXES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,13 +141,13 @@ class Process:
 
 
 class SandboxProcess(Process):
-    """``python -m worker.sandbox`` on a free loopback port, with its admin API."""
+    """``python -m labelbox_sandbox`` on a free loopback port, with its admin API."""
 
     def __init__(self, log_dir: Path, api_key: str, processing_delay_s: float, env: dict[str, str]) -> None:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.graphql_url = f"{self.base_url}/graphql"
-        command = [sys.executable, "-m", "worker.sandbox", "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [sys.executable, "-m", "labelbox_sandbox", "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--api-key", api_key, "--processing-delay-s", str(processing_delay_s)]
         super().__init__("sandbox", command, log_dir, env)
 

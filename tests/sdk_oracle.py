@@ -9,7 +9,7 @@ Two directions:
   ``NDJsonConverter.deserialize`` any more; the per-type models' ``to_common`` is what is left of it).
 
 Plus the normalisations the comparisons need: masks compared by decoded pixels, and the SDK bugs that
-we deliberately do not copy (see ``/work/shared/LABELBOX.md``, "SDK quirks").
+we deliberately do not copy (see the README, "Tests": the SDK's known bugs).
 """
 
 from __future__ import annotations

@@ -42,6 +42,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydantic import SecretStr
 
+from labelbox_sandbox import Sandbox
 from schemas.errors import REASON_CODES
 from tests.factories import bbox, every_type, message, png_b64, radio
 from tests.kafka_helpers import DeadLettered, produce, read_dlq
@@ -49,7 +50,6 @@ from tests.worker_harness import make_topics, settings_for, wait_committed
 from worker.convert import convert
 from worker.decode import Rejection, decode
 from worker.dlq import H_ERROR, H_OFFSET, H_PARTITION, H_REASON, H_TOPIC, H_TRUNCATED
-from worker.sandbox import Sandbox
 from worker.settings import OWN_PREFIXES, Settings
 
 Json = dict[str, Any]

@@ -17,6 +17,7 @@ from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.produce import ProduceRequest
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from labelbox_sandbox import Sandbox
 from schemas import PredictionMessage
 from tests.factories import every_type, message
 from tests.kafka_helpers import committed, read_dlq
@@ -25,7 +26,6 @@ from tests.worker_harness import make_topics, running, settings_for, wait_commit
 from worker.convert import convert
 from worker.dlq import DeadLetter, DeadLetterWriter
 from worker.pipeline import EXIT_UNDECODABLE
-from worker.sandbox import Sandbox
 from worker.settings import KafkaSettings
 from worker.source import make_producer
 

@@ -1,4 +1,4 @@
-"""``make run`` (``python -m worker demo``) as a person at a terminal meets it.
+"""``make run`` (``python -m devtools.demo``) as a person at a terminal meets it.
 
 Ctrl-C mid-stream (SIGINT to the demo's whole process group, as a terminal sends it) stops it in order
 with the summary so far and exit status 130; a second Ctrl-C stops it at once; no process outlives
@@ -64,7 +64,7 @@ def survivors(processes: dict[int, int]) -> list[int]:
 
 
 class Demo:
-    """``python -m worker demo`` in its own process group, its output collected line by line."""
+    """``python -m devtools.demo`` in its own process group, its output collected line by line."""
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
@@ -105,8 +105,7 @@ async def demo() -> AsyncIterator[Demo]:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "worker",
-        "demo",
+        "devtools.demo",
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 import typing
 from collections.abc import Callable, Iterable, Iterator
 from functools import cache
@@ -28,6 +29,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics import MetricWrapperBase
 from pydantic import SecretStr
@@ -771,9 +775,27 @@ def test_dockerignore_keeps_out_the_noise_but_not_the_sources() -> None:
         for source in arguments.split()[:-1]
     ]
     assert copied
+    reincluded = {pattern[1:] for pattern in patterns if pattern.startswith("!")}
     for source in copied:
         assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
-        assert not any(fnmatch.fnmatch(source, pattern) for pattern in patterns), f"{source} is ignored"
+        ignored = any(fnmatch.fnmatch(source, p) or source.startswith(f"{p}/") for p in patterns)
+        assert not ignored or source in reincluded, f"{source} is ignored"
+
+
+def test_the_lock_pins_every_runtime_dependency_within_its_range() -> None:
+    """The image installs deploy/requirements.lock: it must satisfy pyproject.toml's dependencies."""
+    pinned = {}
+    for line in (DEPLOY / "requirements.lock").read_text().splitlines():
+        if line and not line.startswith("#"):
+            name, version = line.split("==")
+            pinned[canonicalize_name(name)] = Version(version)
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"]:
+        requirement = Requirement(spec)
+        name = canonicalize_name(requirement.name)
+        assert name in pinned, f"{requirement.name} is not in the lock (make lock)"
+        assert requirement.specifier.contains(pinned[name], prereleases=True), (spec, pinned[name])
+    assert "cramjam" in pinned, "aiokafka's compression extras are locked too"
 
 
 # --- docker compose ------------------------------------------------------------------------------
@@ -830,7 +852,7 @@ def test_compose_sandbox_runs_from_the_worker_image() -> None:
             COMPOSE.parent / service["build"]["context"] / service["build"]["dockerfile"]
         ).resolve() == DOCKERFILE
         assert service["read_only"] is True
-    assert sandbox["entrypoint"] == ["python", "-m", "worker.sandbox"]
+    assert sandbox["entrypoint"] == ["python", "-m", "labelbox_sandbox"]
     assert sandbox["command"][sandbox["command"].index("--host") + 1] == "0.0.0.0"
     port = sandbox["command"][sandbox["command"].index("--port") + 1]
     assert "entrypoint" not in worker, "the worker runs the image's ENTRYPOINT"

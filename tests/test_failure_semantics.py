@@ -13,13 +13,13 @@ from typing import Any
 import orjson
 import pytest
 
+from labelbox_sandbox import FaultRule, Sandbox
 from tests.factories import bbox, message, radio
 from tests.kafka_helpers import produce, read_dlq
 from tests.worker_harness import make_topics, running, settings_for, wait_committed
 from worker.convert import convert
 from worker.decode import decode
 from worker.dlq import H_ERROR, H_IMPORT, H_OFFSET, H_PARTITION, H_REASON
-from worker.sandbox import FaultRule, Sandbox
 from worker.service import Service
 
 pytestmark = pytest.mark.integration

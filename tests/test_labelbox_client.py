@@ -20,6 +20,7 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from labelbox_sandbox import FaultRule, RequestRecord, Sandbox
 from worker.labelbox import (
     AuthenticationError,
     ImportState,
@@ -30,7 +31,6 @@ from worker.labelbox import (
     _http_error,
     _retry_after,
 )
-from worker.sandbox import FaultRule, RequestRecord, Sandbox
 
 pytestmark = pytest.mark.timeout(15)
 

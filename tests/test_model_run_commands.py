@@ -11,10 +11,10 @@ from pathlib import Path
 
 import orjson
 
+from labelbox_sandbox import Sandbox
 from tests.conftest import API_KEY
 from tests.factories import bbox, every_type, message, radio
 from worker.cli_modelrun import feature_rows, format_table
-from worker.sandbox import Sandbox
 
 ONTOLOGY = json.loads((Path(__file__).parent / "data" / "ontology_every_type.json").read_text())
 RUN = "run-commands"

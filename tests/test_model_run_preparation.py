@@ -10,13 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
+from labelbox_sandbox import Sandbox
 from tests.conftest import API_KEY
 from tests.factories import bbox, every_type, message, point, radio
 from tests.kafka_helpers import produce, read_all
 from tests.worker_harness import make_topics, running, settings_for, wait_committed
 from worker.convert import convert
 from worker.decode import decode
-from worker.sandbox import Sandbox
 
 pytestmark = pytest.mark.integration
 ONTOLOGY = json.loads((Path(__file__).parent / "data" / "ontology_every_type.json").read_text())
@@ -113,7 +113,7 @@ async def test_ensure_data_rows_registers_each_row_once(
     await make_topics(bootstrap, topic, 1)
     first = [_msg(bbox(), key=f"row-{i}") for i in range(3)]
     second = [_msg(bbox(confidence=0.5), key=f"row-{i}") for i in range(4)]  # rows 0-2 again, and row 3
-    caplog.set_level(logging.INFO, logger="worker.pipeline")
+    caplog.set_level(logging.INFO, logger="worker.imports")
     async with Sandbox(api_key=API_KEY, processing_delay_s=0.05) as sandbox:
         settings = settings_for(bootstrap, topic, sandbox, ensure_data_rows=True)
         async with running(settings):

@@ -4,7 +4,7 @@ Each test builds a message with our models (or as JSON bytes through ``decode``)
 the equivalent ``labelbox.types`` objects with the same uuid (``extra={"uuid": …}``), serializes them
 with ``NDJsonConverter.serialize`` and compares the lines as parsed JSON; inline masks are compared by
 decoded pixels. Where we deliberately differ from an SDK bug, the test is named after the bug and
-asserts our behaviour (see ``/work/shared/LABELBOX.md``, "SDK quirks").
+asserts our behaviour (see the README, "Tests": the SDK's known bugs).
 """
 
 from __future__ import annotations
@@ -475,9 +475,9 @@ def test_sdk_bug_snake_case_keys_under_answers_we_emit_camel_case(depth: int, ki
 
 
 def test_sdk_quirk_nested_question_confidence_is_dropped_we_keep_it() -> None:
-    # Not in LABELBOX.md's list: for a *nested* radio / checklist the SDK's NDRadioSubclass /
+    # Not among the commonly listed SDK quirks: for a *nested* radio / checklist the SDK's NDRadioSubclass /
     # NDChecklistSubclass.from_common never read the annotation's confidence, so a question-level
-    # confidence is lost (the NDJSON models do have the field; LABELBOX.md's nested shape has
+    # confidence is lost (the NDJSON models do have the field; the documented nested shape has
     # ``"confidence"?``). Nested text keeps it (read from Text). We keep it on every kind.
     message = typed(
         box(

@@ -27,6 +27,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from labelbox_sandbox import FaultRule, Sandbox
 from tests.conftest import API_KEY
 from tests.kafka_helpers import produce
 from tests.tcp_proxy import TcpProxy
@@ -42,7 +43,6 @@ from tests.test_reliability_faults import (
     worker_env,
 )
 from tests.worker_harness import make_topics, settings_for
-from worker.sandbox import FaultRule, Sandbox
 from worker.settings import Settings
 
 pytestmark = [

@@ -9,12 +9,12 @@ import aiohttp
 import orjson
 import pytest
 
+from labelbox_sandbox import FaultRule, Sandbox
 from tests.factories import every_type, message
 from tests.kafka_helpers import committed, produce
 from tests.worker_harness import make_topics, running, settings_for, wait_committed
 from worker.convert import convert
 from worker.decode import decode
-from worker.sandbox import FaultRule, Sandbox
 
 pytestmark = pytest.mark.integration
 

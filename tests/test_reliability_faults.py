@@ -40,6 +40,9 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pydantic import SecretStr
 
+from devtools.embedded import broker_binary, free_port
+from labelbox_sandbox import FaultRule, Sandbox
+from labelbox_sandbox.state import ROW_FAILURE_ERROR_NAME
 from tests.conftest import API_KEY
 from tests.factories import bbox, message, radio
 from tests.kafka_helpers import DeadLettered, committed, produce, read_dlq
@@ -48,9 +51,6 @@ from tests.worker_harness import make_topics, running, settings_for, wait_commit
 from worker.convert import convert
 from worker.decode import Rejection, decode
 from worker.dlq import H_ERROR, H_IMPORT, H_REASON, H_TOPIC
-from worker.embedded import broker_binary, free_port
-from worker.sandbox import FaultRule, Sandbox
-from worker.sandbox.state import ROW_FAILURE_ERROR_NAME
 from worker.settings import OWN_PREFIXES, Settings
 
 pytestmark = [

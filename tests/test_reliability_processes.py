@@ -1,5 +1,5 @@
 """Reliability: nothing is lost. The worker (``python -m worker run``) and the local Labelbox-compatible
-server (``python -m worker.sandbox``) run as real subprocesses on loopback; the test kills, stops and
+server (``python -m labelbox_sandbox``) run as real subprocesses on loopback; the test kills, stops and
 restarts them, then checks what the sandbox holds, the group's committed offsets and the DLQ.
 
 Each scenario prints one greppable line (run pytest with ``-s``)::
@@ -27,12 +27,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from devtools.embedded import create_topics
 from tests.kafka_helpers import committed, produce
 from tests.reliability_procs import Processes, SandboxProcess, WorkerProcess, http_text, wait_until
 from worker.convert import convert
 from worker.decode import Rejection, decode
 from worker.dlq import H_OFFSET, H_PARTITION, H_REASON
-from worker.embedded import create_topics
 
 pytestmark = pytest.mark.integration
 

@@ -9,13 +9,13 @@ import sys
 import orjson
 import pytest
 
+from devtools.embedded import free_port
+from labelbox_sandbox import Sandbox
 from tests.factories import bbox, message
 from tests.kafka_helpers import produce, read_all
 from tests.worker_harness import make_topics, running, settings_for, wait_committed
 from worker.dlq import H_MODEL_RUN, H_REASON, H_REPLAYS
-from worker.embedded import free_port
 from worker.replay import Selection, replay
-from worker.sandbox import Sandbox
 from worker.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration

@@ -23,10 +23,10 @@ import pytest
 from lbox import exceptions as lbox_exceptions
 from PIL import Image
 
-from worker.sandbox import FaultRule, Sandbox, SandboxState, validate_import, validate_line
-from worker.sandbox.faults import FaultBook
-from worker.sandbox.graphql import GraphQLError, Selected, parse_request, project, validated_document
-from worker.sandbox.state import data_row_id_for_global_key
+from labelbox_sandbox import FaultRule, Sandbox, SandboxState, validate_import, validate_line
+from labelbox_sandbox.faults import FaultBook
+from labelbox_sandbox.graphql import GraphQLError, Selected, parse_request, project, validated_document
+from labelbox_sandbox.state import data_row_id_for_global_key
 
 KEY = "sandbox-test-key"
 MR = "clmodelrun000000000000001"
@@ -122,7 +122,7 @@ async def create_import(
     content_length: int | None = None,
     headers: dict[str, str] | None = None,
 ) -> Answer:
-    """A GraphQL multipart create, as LABELBOX.md describes it."""
+    """A GraphQL multipart create, as docs/labelbox-api.md describes it."""
     file_name = f"{model_run_id}__{name}.ndjson"
     variables = {
         "file": None,
@@ -1084,7 +1084,7 @@ async def test_cli_serves_until_sigterm(session: aiohttp.ClientSession) -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "worker.sandbox",
+        "labelbox_sandbox",
         "--port",
         "0",
         "--processing-delay-s",
@@ -1302,7 +1302,7 @@ async def test_the_sdk_reads_a_refused_document_as_an_invalid_query(sdk_client: 
 
 
 def test_cli_checks_membership_unless_told_not_to() -> None:
-    from worker.sandbox.__main__ import parse_args
+    from labelbox_sandbox.__main__ import parse_args
 
     assert parse_args(["--api-key", "k"]).require_data_row_membership is True
     assert parse_args(["--api-key", "k", "--require-data-row-membership"]).require_data_row_membership is True
@@ -1341,12 +1341,14 @@ def test_the_sandbox_imports_nothing_from_what_it_checks() -> None:
     from pathlib import Path
 
     imported: set[str] = set()
-    for path in (Path(__file__).parent.parent / "worker" / "sandbox").glob("*.py"):
+    paths = sorted((Path(__file__).parent.parent / "labelbox_sandbox").glob("*.py"))
+    assert len(paths) > 10, "the package is where this test looks"
+    for path in paths:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.module:
                 imported.add(node.module)
             elif isinstance(node, ast.Import):
                 imported.update(alias.name for alias in node.names)
-    own = {name for name in imported if name.split(".")[0] in ("worker", "schemas")}
-    assert own
-    assert [name for name in sorted(own) if not name.startswith("worker.sandbox")] == []
+    assert "labelbox_sandbox.state" in imported, "its own modules are seen"
+    foreign = sorted(name for name in imported if name.split(".")[0] in ("worker", "schemas", "devtools"))
+    assert foreign == [], "the oracle imports nothing from the code it checks"

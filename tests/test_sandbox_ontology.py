@@ -1,5 +1,5 @@
 """The sandbox checks uploads against the model run's ontology, once one is loaded, with its own code
-(``worker.sandbox.ontology``, which shares nothing with ``worker.ontology``).
+(``labelbox_sandbox.ontology``, which shares nothing with ``worker.ontology``).
 
 The lines are the worker's own (``worker.convert`` of ``tests.factories`` messages) and the Labelbox SDK's
 (``NDJsonConverter``: name and schema id together, snake_case under answers); the ontology is
@@ -18,14 +18,14 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from labelbox_sandbox import Sandbox, SandboxState, validate_import, validate_line
+from labelbox_sandbox.ontology import OntologyIndex
+from labelbox_sandbox.validate import ontology_errors
 from schemas import PredictionMessage
 from tests import factories
 from tests.conftest import API_KEY
 from worker.convert import convert, encode
 from worker.labelbox import ImportState, LabelboxClient
-from worker.sandbox import Sandbox, SandboxState, validate_import, validate_line
-from worker.sandbox.ontology import OntologyIndex
-from worker.sandbox.validate import ontology_errors
 
 Json = dict[str, Any]
 MR = "clmodelrun000000000000001"
@@ -242,7 +242,7 @@ async def test_loaded_ontology_over_http(sandbox: Sandbox) -> None:
 
 
 def test_cli_loads_an_ontology_per_model_run(tmp_path: Path) -> None:
-    from worker.sandbox.__main__ import parse_args
+    from labelbox_sandbox.__main__ import parse_args
 
     source = tmp_path / "ontology.json"
     source.write_text(json.dumps({"tools": [], "classifications": []}))

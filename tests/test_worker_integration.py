@@ -7,12 +7,12 @@ from typing import Any
 import orjson
 import pytest
 
+from labelbox_sandbox import FaultRule, Sandbox
 from tests.factories import bbox, every_type, message
 from tests.kafka_helpers import produce, read_all
 from tests.worker_harness import make_topics, running, settings_for, wait_committed
 from worker.convert import convert
 from worker.decode import decode
-from worker.sandbox import FaultRule, Sandbox
 
 pytestmark = pytest.mark.integration
 RUNS = ("run-a", "run-b", "run-c")

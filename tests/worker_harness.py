@@ -8,11 +8,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from devtools.embedded import create_topics
+from labelbox_sandbox import Sandbox
 from tests.conftest import API_KEY
 from tests.kafka_helpers import committed
-from worker.embedded import create_topics
 from worker.metrics import Metrics
-from worker.sandbox import Sandbox
 from worker.service import Service
 from worker.settings import Settings
 

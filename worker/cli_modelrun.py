@@ -1,6 +1,7 @@
 """Commands for the workflow around the stream (settings LABELBOX_* from the environment).
 
-- ``check --model-run ID [FILE]``: validate messages against the model run's ontology, upload nothing;
+- ``check --model-run ID [FILE]``: validate messages (Confluent-framed or not) against the model run's
+  ontology, upload nothing;
   one JSON report per message on stdout; exit 1 if any message is rejected or does not fit.
 - ``ontology --model-run ID``: the model run's features as a table (name, kind, schema id, options).
 - ``send-ground-truth --model-run ID (--project ID | --label-ids FILE)``: register ground-truth labels
@@ -21,10 +22,12 @@ import orjson
 
 from worker.convert import convert
 from worker.decode import Rejection, decode
-from worker.labelbox import AuthenticationError, LabelboxClient, LabelboxError
+from worker.framing import Framed, join_framed_lines, unwrap
+from worker.labelbox import AuthenticationError, LabelboxClient, LabelboxError, TaskStatus
 from worker.logs import configure_command_logs
 from worker.ontology import Ontology
 from worker.pipeline import EXIT_AUTH, EXIT_OK, EXIT_SETTINGS
+from worker.retry import until_done
 from worker.settings import LabelboxSettings, SettingsError
 
 EXIT_FOUND_PROBLEMS = 1
@@ -44,11 +47,12 @@ def _client(settings: LabelboxSettings) -> LabelboxClient:
 
 def check_lines(ontology: Ontology, lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
     """One report per non-blank input line: ok, rejected (contract) or mismatch (ontology)."""
-    for number, raw in enumerate(lines, start=1):
+    for number, raw in enumerate(join_framed_lines(lines), start=1):
         value = raw.rstrip(b"\r\n")
         if not value.strip():
             continue
-        outcome = decode(value)
+        framed = unwrap(value)  # a Confluent schema-id prefix, as a dumped topic has it
+        outcome = decode(framed.payload) if isinstance(framed, Framed) else framed
         if isinstance(outcome, Rejection):
             yield {"line": number, "status": "rejected", "reason": outcome.reason, "errors": outcome.errors}
             continue
@@ -144,14 +148,20 @@ async def _send_ground_truth(settings: LabelboxSettings, args: argparse.Namespac
         what = f"project {args.project}" if args.project else f"{len(label_ids or [])} labels"
         out.write(f"registering {what} with model run {args.model_run}: task {task_id}\n")
         started = time.monotonic()
-        deadline = started + settings.labelbox_task_timeout_s
-        while True:
-            status = await client.task_status("labels", task_id)
+
+        def progress(status: TaskStatus) -> None:
             out.write(f"  {time.monotonic() - started:6.1f}s  {status.status}\n")
             out.flush()
-            if status.done or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(settings.labelbox_poll_interval_s)
+
+        status = await until_done(
+            lambda: client.task_status("labels", task_id),
+            lambda s: s.done,
+            interval_s=settings.labelbox_poll_interval_s,
+            timeout_s=settings.labelbox_task_timeout_s,
+            clock=time.monotonic,
+            sleep=asyncio.sleep,
+            seen=progress,
+        )
     if status.status == "COMPLETE":
         out.write("ground truth registered\n")
         return EXIT_OK
@@ -162,23 +172,9 @@ async def _send_ground_truth(settings: LabelboxSettings, args: argparse.Namespac
 # --- entry points --------------------------------------------------------------------------------
 
 
-def _parser(command: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=f"python -m worker {command}", description=__doc__)
-    parser.add_argument("--model-run", required=True, help="the model run id")
-    if command == "check":
-        parser.add_argument(
-            "file", nargs="?", type=Path, help="messages, one JSON per line (stdin if absent)"
-        )
-    if command == "send-ground-truth":
-        source = parser.add_mutually_exclusive_group(required=True)
-        source.add_argument("--project", help="register every label of this project")
-        source.add_argument("--label-ids", type=Path, help="file of label ids (JSON list or one per line)")
-    return parser
-
-
-def main(command: str, argv: list[str], out: TextIO = sys.stdout) -> int:
-    """Run ``check``, ``ontology`` or ``send-ground-truth``; returns the exit status."""
-    args = _parser(command).parse_args(argv)
+def main(command: str, args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    """Run ``check``, ``ontology`` or ``send-ground-truth`` with its parsed arguments (``worker.cli``);
+    returns the exit status."""
     try:
         settings = LabelboxSettings.from_env()
     except SettingsError as exc:
@@ -197,7 +193,7 @@ def main(command: str, argv: list[str], out: TextIO = sys.stdout) -> int:
 
 async def _dispatch(command: str, settings: LabelboxSettings, args: argparse.Namespace, out: TextIO) -> int:
     if command == "check":
-        if args.file is None:
+        if args.file is None or str(args.file) == "-":
             return await _check(settings, args.model_run, sys.stdin.buffer, out)
         with args.file.open("rb") as handle:
             return await _check(settings, args.model_run, handle, out)

@@ -21,6 +21,8 @@ H_IMPORT = "dlq.import_name"
 H_TRUNCATED = "dlq.value_truncated_from"
 #: How many times ``replay-dlq`` re-published this record (carried through the worker and the DLQ).
 H_REPLAYS = "dlq.replay_count"
+#: The Confluent Schema Registry id (or GUID) the original value was framed with (``worker.framing``).
+H_SCHEMA_ID = "dlq.schema_id"
 _MAX_ERROR_CHARS = 4000
 #: What is kept of a value the broker refuses as too large.
 _TRUNCATED_VALUE_BYTES = 64 * 1024
@@ -42,6 +44,7 @@ class DeadLetter:
     message_id: str | None = None
     import_name: str | None = None
     replays: int = 0
+    schema_id: str | None = None
 
     def headers(self) -> list[tuple[str, bytes]]:
         """The record headers; optional ones only when known."""
@@ -55,6 +58,7 @@ class DeadLetter:
             (H_MESSAGE_ID, self.message_id),
             (H_IMPORT, self.import_name),
             (H_REPLAYS, str(self.replays) if self.replays else None),
+            (H_SCHEMA_ID, self.schema_id),
         ]
         return [(name, value.encode()) for name, value in pairs if value is not None]
 
@@ -80,6 +84,20 @@ class DeadLetterWriter:
     async def write(self, letter: DeadLetter) -> None:
         """Send and await delivery. A value the broker refuses as too large is sent truncated."""
         headers = letter.headers()
+        log.debug(  # one line per record: LOG_LEVEL=DEBUG, like Kafka Connect's errors.log.enable
+            "dead_lettered",
+            extra={
+                "ctx": {
+                    "reason": letter.reason,
+                    "topic": letter.topic,
+                    "partition": letter.partition,
+                    "offset": letter.offset,
+                    "model_run_id": letter.model_run_id,
+                    "message_id": letter.message_id,
+                    "schema_id": letter.schema_id,
+                }
+            },
+        )
         try:
             await self._send(letter.key, letter.value, headers)
         except MessageSizeTooLargeError:

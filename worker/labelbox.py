@@ -262,8 +262,14 @@ def _transport_errors(what: str) -> Iterator[None]:
         raise TransientError(f"{what} failed: {type(exc).__name__}", "connection") from exc
 
 
+#: What ``on_response`` reports of an attempt: ``ok``, ``overload`` (a 429 or a 5xx, also inside the
+#: retries) or ``failed`` (anything else).
+_OVERLOAD = "overload"
+OnResponse = Callable[[str, str, float, float], None]
+"""Called after every attempt with (operation, outcome, started_at on time.monotonic, seconds it took)."""
 OnRetry = Callable[[str, str, float], None]
-"""Called before each retry sleep with (operation, cause, seconds to sleep)."""
+"""Called before each retry sleep with (operation, cause, seconds to sleep). ``on_attempt`` is called
+with the operation before every attempt, the first included."""
 
 
 class LabelboxClient:
@@ -277,6 +283,8 @@ class LabelboxClient:
         request_timeout_s: float = 60.0,
         retry_max_s: float = 300.0,
         on_retry: OnRetry | None = None,
+        on_attempt: Callable[[str], None] | None = None,
+        on_response: OnResponse | None = None,
         rng: random.Random | None = None,
     ) -> None:
         self._url = graphql_url
@@ -284,6 +292,8 @@ class LabelboxClient:
         self._timeout = aiohttp.ClientTimeout(total=request_timeout_s)
         self._retry_max_s = retry_max_s
         self._on_retry = on_retry
+        self._on_attempt = on_attempt
+        self._on_response = on_response
         self._rng = rng or random.Random()
         self._session: aiohttp.ClientSession | None = None
         #: Monotonic time since which requests have been failing transiently (None: last one succeeded).
@@ -331,9 +341,26 @@ class LabelboxClient:
             before_sleep=before_sleep,
             reraise=True,
         )
-        result: T = await retrying(call)
+
+        async def attempt() -> T:
+            if self._on_attempt is not None:
+                self._on_attempt(operation)
+            started_at = time.monotonic()
+            try:
+                result = await call()
+            except LabelboxError as exc:
+                self._respond(operation, _OVERLOAD if exc.cause in ("429", "5xx") else "failed", started_at)
+                raise
+            self._respond(operation, "ok", started_at)
+            return result
+
+        result: T = await retrying(attempt)
         self.failing_since = None
         return result
+
+    def _respond(self, operation: str, outcome: str, started_at: float) -> None:
+        if self._on_response is not None:
+            self._on_response(operation, outcome, started_at, time.monotonic() - started_at)
 
     # --- transport -----------------------------------------------------------------------------
 
@@ -395,11 +422,14 @@ class LabelboxClient:
         await self._retrying("check_auth", call)
 
     async def probe(self) -> bool:
-        """Whether Labelbox answers one cheap authenticated query now (no retries, never raises)."""
+        """Whether Labelbox answers one cheap authenticated query now (no retries, never raises).
+
+        An answer ends ``failing_since``: Labelbox works, whatever one operation's trouble."""
         try:
             await self._query(CHECK_AUTH, {}, "user")
         except LabelboxError:
             return False
+        self.failing_since = None
         return True
 
     async def create_import(self, model_run_id: str, name: str, payload: bytes) -> ImportState:

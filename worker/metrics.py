@@ -76,6 +76,11 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.upload_concurrency_limit = Gauge(
+            f"{PREFIX}_upload_concurrency_limit",
+            "Imports allowed in flight now (UPLOAD_CONCURRENCY, lowered by 429/5xx when adaptive)",
+            registry=r,
+        )
         self.imports_in_flight = Gauge(
             f"{PREFIX}_imports_in_flight", "Imports being uploaded or followed", registry=r
         )

@@ -4,7 +4,7 @@ Pure: no I/O, no clock, no logging. ``Ontology.from_normalized`` indexes the ont
 classification and option by name and by featureSchemaId, scope by scope), so that ``Ontology.check``
 costs time in the size of the line, not of the ontology.
 
-What a line must satisfy (shared/LABELBOX.md sections 1 and 2):
+What a line must satisfy (docs/labelbox-api.md, "Ontologies"):
 
 - its feature exists: ``schemaId`` is a tool's or classification's ``featureSchemaId``, or ``name`` its
   ``name`` (a classification's ``instructions`` in older exports). A line (or answer, or nested

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from worker.labelbox import TaskStatus, TransientError
 from worker.logs import ctx
 from worker.ontology import Mismatch, Ontology
+from worker.retry import until_done
 
 Clock = Callable[[], float]
 log = logging.getLogger("worker.preparation")
@@ -168,13 +169,15 @@ class DataRowRegistry:
         return len(missing)
 
     async def _wait(self, task_id: str) -> None:
-        deadline = self._clock() + self._timeout_s
-        while True:
-            status = await self._client.task_status("data_rows", task_id)
-            if status.status == "COMPLETE":
-                return
-            if status.status == "FAILED":
-                raise RegistrationFailed(status.error_message or "data-row registration task FAILED")
-            if self._clock() > deadline:
-                raise TransientError(f"data-row registration task {task_id} did not finish", "task_timeout")
-            await asyncio.sleep(self._poll_interval_s)
+        status = await until_done(
+            lambda: self._client.task_status("data_rows", task_id),
+            lambda s: s.done,
+            interval_s=self._poll_interval_s,
+            timeout_s=self._timeout_s,
+            clock=self._clock,
+            sleep=asyncio.sleep,
+        )
+        if status.status == "FAILED":
+            raise RegistrationFailed(status.error_message or "data-row registration task FAILED")
+        if status.status != "COMPLETE":
+            raise TransientError(f"data-row registration task {task_id} did not finish", "task_timeout")

@@ -1,12 +1,13 @@
-"""``python -m worker replay-dlq``: re-publish dead-lettered records to the main topic.
+"""``lbworker replay-dlq``: re-publish dead-lettered records to the main topic.
 
 For when the cause has been fixed (an ontology corrected, an API key rotated, a producer bug fixed).
 The DLQ is read from its beginning up to its end at start-up; each selected record is published to
 ``KAFKA_TOPIC`` with its original key and value and a ``dlq.replay_count`` header one higher than
-before. The worker carries that count into any new DLQ record, so a record that keeps failing stops
-being replayed after ``--max-replays`` rounds instead of looping for ever. Replaying the same
-records twice publishes them twice; that is harmless (the same uuids replace in Labelbox) but
-wasteful, so filter with ``--reason`` / ``--model-run`` / ``--limit``, and look first with
+before (plus the ``__value_schema_id`` header a Confluent producer had given it, from
+``dlq.schema_id``). The worker carries that count into any new DLQ record, so a record that keeps
+failing stops being replayed after ``--max-replays`` rounds instead of looping for ever. Replaying
+the same records twice publishes them twice; that is harmless (the same uuids replace in Labelbox)
+but wasteful, so filter with ``--reason`` / ``--model-run`` / ``--limit``, and look first with
 ``--dry-run``.
 """
 
@@ -23,7 +24,8 @@ from dataclasses import dataclass, field
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from worker.dlq import H_MODEL_RUN, H_REASON, H_REPLAYS, replay_count
+from worker.dlq import H_MODEL_RUN, H_REASON, H_REPLAYS, H_SCHEMA_ID, replay_count
+from worker.framing import schema_id_header
 from worker.logs import configure_command_logs
 from worker.pipeline import EXIT_INTERNAL, EXIT_OK, EXIT_SETTINGS
 from worker.settings import KafkaSettings, SettingsError
@@ -130,26 +132,16 @@ async def _one(
         return
     if producer is not None:
         replayed_headers = [(H_REPLAYS, str(replays + 1).encode())]
+        if H_SCHEMA_ID in headers:  # a value that came with a Confluent schema-id header gets it back
+            replayed_headers += schema_id_header(headers[H_SCHEMA_ID], record.value)
         await producer.send_and_wait(topic, value=record.value, key=record.key, headers=replayed_headers)
     report.replayed += 1
     report.by_reason[headers.get(H_REASON, "unknown")] += 1
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m worker replay-dlq", description=__doc__)
-    parser.add_argument("--reason", help="only records with this dlq.reason code")
-    parser.add_argument("--model-run", dest="model_run_id", help="only records of this model run")
-    parser.add_argument("--limit", type=int, help="replay at most this many records")
-    parser.add_argument("--max-replays", type=int, default=3, help="skip records replayed this often (3)")
-    parser.add_argument(
-        "--dry-run", action="store_true", help="count what would be replayed; publish nothing"
-    )
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point; settings (KAFKA_*) from the environment."""
-    args = _parser().parse_args(argv)
+def main(args: argparse.Namespace) -> int:
+    """``lbworker replay-dlq`` with its parsed arguments (``worker.cli``); settings (KAFKA_*) from the
+    environment."""
     try:
         settings = KafkaSettings.from_env()
     except SettingsError as exc:

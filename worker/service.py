@@ -36,6 +36,8 @@ class Service:
             request_timeout_s=settings.labelbox_request_timeout_s,
             retry_max_s=settings.labelbox_retry_max_s,
             on_retry=self._count_retry,
+            on_attempt=lambda operation: self.metrics.upload_attempts.labels(operation).inc(),
+            on_response=self._labelbox_answered,
         )
         self._metrics_host = metrics_host if metrics_host is not None else settings.metrics_host
         self.pipeline: Pipeline | None = None
@@ -45,6 +47,10 @@ class Service:
     def _count_retry(self, operation: str, cause: str, sleep_s: float) -> None:
         self.metrics.upload_retries.labels(operation, cause).inc()
         log.warning("labelbox_retry", extra=ctx(operation=operation, cause=cause, sleep_s=round(sleep_s, 2)))
+
+    def _labelbox_answered(self, operation: str, outcome: str, started_at: float, rtt_s: float) -> None:
+        if self.pipeline is not None:  # the pipeline's clock is time.monotonic too
+            self.pipeline.labelbox_answered(operation, outcome, started_at, rtt_s)
 
     def request_stop(self) -> None:
         """Graceful shutdown: drain within SHUTDOWN_TIMEOUT_S, commit, return (idempotent)."""

@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 #: Variable prefixes that belong to this worker (an unknown one is an error).
 OWN_PREFIXES = (
     *("KAFKA_", "LABELBOX_", "BATCH_", "UPLOAD_", "BUFFER_", "SHUTDOWN_", "METRICS_", "MESSAGE_"),
-    *("ONTOLOGY_", "ENSURE_", "LOG_", "IMPORT_"),
+    *("ONTOLOGY_", "ENSURE_", "LOG_", "IMPORT_", "ADAPTIVE_"),
 )
 #: Variables Kubernetes injects for Services ("service links"), e.g. KAFKA_PORT_9092_TCP: not ours.
 _SERVICE_LINK_MARKERS = ("_SERVICE_HOST", "_SERVICE_PORT", "_PORT")
@@ -48,32 +48,53 @@ class _FromEnv(BaseSettings):
 class LogSettings(_FromEnv):
     """How every command logs (``worker.logs.configure``)."""
 
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "text"] = "json"
-    log_repeat_interval_s: float = Field(30.0, ge=0, le=86_400)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="least severe level written"
+    )
+    log_format: Literal["json", "text"] = Field("json", description="json (one object per line) or text")
+    log_repeat_interval_s: float = Field(
+        30.0,
+        ge=0,
+        le=86_400,
+        description="a repeated error is written once, then once per interval with its count (0: all)",
+    )
 
 
 class KafkaSettings(LogSettings):
     """The Kafka part of the settings (all that ``replay-dlq`` needs)."""
 
     kafka_bootstrap_servers: str = Field(min_length=1, description="host:port[,host:port…] of the brokers")
-    kafka_topic: str = Field("predictions", min_length=1)
-    kafka_group_id: str = Field("labelbox-prediction-worker", min_length=1)
-    kafka_dlq_topic: str = Field("predictions.dlq", min_length=1)
-    kafka_client_id: str = Field("labelbox-prediction-worker", min_length=1)
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: SecretStr | None = None
-    kafka_ssl_cafile: Path | None = None
-    kafka_ssl_certfile: Path | None = None
-    kafka_ssl_keyfile: Path | None = None
-    kafka_max_poll_records: int = Field(500, ge=1, le=100_000)
-    kafka_session_timeout_ms: int = Field(45_000, ge=6_000, le=1_800_000)
-    kafka_max_poll_interval_ms: int = Field(300_000, ge=10_000)
-    kafka_dlq_max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    kafka_topic: str = Field("predictions", min_length=1, description="topic to consume")
+    kafka_group_id: str = Field(
+        "labelbox-prediction-worker",
+        min_length=1,
+        description="consumer group (scale out by adding replicas)",
+    )
+    kafka_dlq_topic: str = Field("predictions.dlq", min_length=1, description="dead-letter topic")
+    kafka_client_id: str = Field(
+        "labelbox-prediction-worker", min_length=1, description="client id sent to the brokers"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="how to reach the brokers"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="required with SASL_*"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA certificate (PEM)")
+    kafka_ssl_certfile: Path | None = Field(None, description="client certificate (PEM)")
+    kafka_ssl_keyfile: Path | None = Field(None, description="client key (PEM)")
+    kafka_max_poll_records: int = Field(500, ge=1, le=100_000, description="records per fetch")
+    kafka_session_timeout_ms: int = Field(45_000, ge=6_000, le=1_800_000, description="group session timeout")
+    kafka_max_poll_interval_ms: int = Field(300_000, ge=10_000, description="max time between fetches")
+    kafka_dlq_max_message_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="largest DLQ record; a larger value is kept truncated"
+    )
     #: Codec of what the worker produces (DLQ records, replayed records); reading takes every codec.
-    kafka_compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "none"
+    kafka_compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
+        "none", description="codec of what is produced (DLQ, replay-dlq); reading takes every codec"
+    )
 
     @model_validator(mode="after")
     def _consistent_kafka(self) -> Self:
@@ -90,36 +111,75 @@ class KafkaSettings(LogSettings):
 class LabelboxSettings(LogSettings):
     """The Labelbox part of the settings (all that ``check``, ``ontology``, ``send-ground-truth`` need)."""
 
-    labelbox_api_key: SecretStr = Field(min_length=1)
-    labelbox_graphql_url: str = Field("https://api.labelbox.com/graphql", pattern=r"^https?://\S+$")
-    labelbox_poll_interval_s: float = Field(2.0, gt=0, le=600)
-    labelbox_request_timeout_s: float = Field(60.0, gt=0, le=3600)
-    labelbox_retry_max_s: float = Field(300.0, ge=0, le=86_400)
-    labelbox_import_timeout_s: float = Field(3600.0, gt=0)
-    labelbox_task_timeout_s: float = Field(1800.0, gt=0)
+    labelbox_api_key: SecretStr = Field(min_length=1, description="API key (never logged)")
+    labelbox_graphql_url: str = Field(
+        "https://api.labelbox.com/graphql", pattern=r"^https?://\S+$", description="GraphQL endpoint"
+    )
+    labelbox_poll_interval_s: float = Field(2.0, gt=0, le=600, description="import and task polling interval")
+    labelbox_request_timeout_s: float = Field(60.0, gt=0, le=3600, description="one HTTP request")
+    labelbox_retry_max_s: float = Field(
+        300.0, ge=0, le=86_400, description="total retry time of one operation"
+    )
+    labelbox_import_timeout_s: float = Field(
+        3600.0, gt=0, description="how long an import may stay RUNNING before it is followed again"
+    )
+    labelbox_task_timeout_s: float = Field(1800.0, gt=0, description="how long a registration task may run")
 
 
 class Settings(KafkaSettings, LabelboxSettings):
     """Every setting, with its unit in its name. Defaults suit a small production deployment."""
 
-    labelbox_unready_after_s: float = Field(30.0, ge=0)
-    labelbox_forbidden_ttl_s: float = Field(300.0, ge=0)
-    import_max_rounds: int = Field(8, ge=1, le=1000)
-    import_bisect_max_imports: int = Field(64, ge=0, le=100_000)
-    ontology_check: Literal["strict", "off"] = "strict"
-    ontology_ttl_s: float = Field(600.0, ge=0)
-    ontology_min_refetch_s: float = Field(10.0, ge=0)
-    ensure_data_rows: bool = False
+    labelbox_unready_after_s: float = Field(
+        30.0, ge=0, description="Labelbox failing longer than this makes /readyz answer 503"
+    )
+    labelbox_forbidden_ttl_s: float = Field(
+        300.0, ge=0, description="a model run refused to the key is dead-lettered for this long"
+    )
+    import_max_rounds: int = Field(
+        8,
+        ge=1,
+        le=1000,
+        description="failing rounds of a batch while Labelbox is healthy before it is bisected",
+    )
+    import_bisect_max_imports: int = Field(
+        64, ge=0, le=100_000, description="extra imports one batch may spend isolating what Labelbox refuses"
+    )
+    ontology_check: Literal["strict", "off"] = Field(
+        "strict", description="strict: predictions that do not fit the ontology go to the DLQ before upload"
+    )
+    ontology_ttl_s: float = Field(600.0, ge=0, description="how long a fetched ontology is used")
+    ontology_min_refetch_s: float = Field(
+        10.0, ge=0, description="a mismatch refetches the ontology at most this often"
+    )
+    ensure_data_rows: bool = Field(
+        False, description="register each batch's data rows in the model run before its import"
+    )
 
-    message_max_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    batch_max_rows: int = Field(2000, ge=1, le=500_000)
-    batch_max_bytes: int = Field(16 * 1024 * 1024, ge=1024)
-    batch_linger_s: float = Field(2.0, ge=0, le=3600)
-    upload_concurrency: int = Field(4, ge=1, le=256)
-    buffer_max_bytes: int = Field(256 * 1024 * 1024, ge=1024)
-    shutdown_timeout_s: float = Field(25.0, ge=0, le=3600)
-    metrics_port: int = Field(9400, ge=0, le=65535)
-    metrics_host: str = Field("0.0.0.0", min_length=1)
+    message_max_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="larger records are rejected (message_too_large)"
+    )
+    batch_max_rows: int = Field(2000, ge=1, le=500_000, description="NDJSON lines per import")
+    batch_max_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="bytes per import")
+    batch_linger_s: float = Field(
+        2.0, ge=0, le=3600, description="a batch closes this long after its first message at the latest"
+    )
+    upload_concurrency: int = Field(
+        4, ge=1, le=256, description="imports in flight, across model runs (the adaptive limit's maximum)"
+    )
+    adaptive_concurrency: bool = Field(
+        True, description="AIMD: halve the import limit on 429/5xx or slow uploads, regrow by one"
+    )
+    buffer_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1024, description="unsettled bytes before fetching pauses (backpressure)"
+    )
+    shutdown_timeout_s: float = Field(
+        25.0,
+        ge=0,
+        le=3600,
+        description="the whole exit on SIGTERM; keep it below terminationGracePeriodSeconds",
+    )
+    metrics_port: int = Field(9400, ge=0, le=65535, description="/metrics, /healthz, /readyz")
+    metrics_host: str = Field("0.0.0.0", min_length=1, description="address those endpoints listen on")
 
 
 def _unknown_variables(env: Mapping[str, str], fields: set[str]) -> list[str]:

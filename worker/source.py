@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import ssl
+from collections.abc import Collection
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -129,6 +130,27 @@ class UndecodableBatch(Exception):
             "error": str(self),
             "action": self.action,
         }
+
+
+class CorruptBatches:
+    """How often in a row the same batch failed to decode: a CRC failure may be the network's (the
+    fetch position has not moved past the batch, so it is fetched again); one that persists is not."""
+
+    def __init__(self, max_fetches: int = 3) -> None:
+        self._max_fetches = max_fetches
+        self._seen: tuple[TopicPartition, int] | None = None
+        self._times = 0
+
+    def failed(self, where: tuple[TopicPartition, int] | None, error: Exception) -> bool:
+        """Record a failed fetch; True when the worker must stop (a missing codec, or too many times)."""
+        self._times = self._times + 1 if where == self._seen else 1
+        self._seen = where
+        return isinstance(error, UnsupportedCodecError) or self._times >= self._max_fetches
+
+    def fetched(self, partitions: Collection[TopicPartition]) -> None:
+        """A fetch returned records of ``partitions``: one that failed before was passing."""
+        if self._seen is not None and self._seen[0] in partitions:
+            self._seen, self._times = None, 0
 
 
 #: Errors that mean a fetched record batch could not be decoded.

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools.embedded import EmbeddedBroker
 from tests.bench.conversion import run_conversion
 from tests.bench.corpus import build
 from tests.bench.end_to_end import LINGER_S, POLL_INTERVAL_S, EndToEndResult, Setup, run_end_to_end
@@ -35,7 +36,6 @@ from tests.bench.results import (
     summary_table,
 )
 from tests.bench.services import SandboxProcess
-from worker.embedded import EmbeddedBroker
 
 MIB = 1024 * 1024
 

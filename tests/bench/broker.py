@@ -11,8 +11,8 @@ from typing import Self
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from devtools.embedded import create_topics
 from tests.bench.corpus import Corpus
-from worker.embedded import create_topics
 
 PARTITIONS = 3
 #: The worker's fetch sizes with default settings (worker/source.py), so that the limit fetches alike.

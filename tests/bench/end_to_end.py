@@ -18,11 +18,11 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from devtools.embedded import free_port
 from tests.bench.broker import CommitWatcher, bare_read_s, make_topic, produce
 from tests.bench.corpus import Corpus
 from tests.bench.sdk_consumer import Timed, sdk_client, time_sdk_consumer
 from tests.bench.services import API_KEY, SandboxProcess, WorkerProcess, cpu_seconds, worker_env
-from worker.embedded import free_port
 
 POLL_INTERVAL_S = 0.1
 LINGER_S = 0.5

@@ -1,6 +1,6 @@
 """The processes the benchmark starts besides the broker: the sandbox and the worker, with their probes.
 
-Both run as separate processes (``python -m worker.sandbox`` / ``python -m worker run``) so that
+Both run as separate processes (``python -m labelbox_sandbox`` / ``python -m worker run``) so that
 neither steals the benchmark's event loop. Both are context managers that stop their process (SIGTERM,
 then SIGKILL after a timeout) on exit, errors included. HTTP probes are plain ``urllib`` calls with
 short timeouts on loopback.
@@ -22,7 +22,7 @@ from typing import Any, Self
 
 import orjson
 
-from worker.embedded import free_port
+from devtools.embedded import free_port
 from worker.settings import OWN_PREFIXES
 
 API_KEY = "bench-key-5d1e3f"
@@ -133,7 +133,7 @@ class _Process:
 
 
 class SandboxProcess(_Process):
-    """``python -m worker.sandbox`` on a free loopback port, no processing delay.
+    """``python -m labelbox_sandbox`` on a free loopback port, no processing delay.
 
     The sandbox, like Labelbox, FAILs rows on data rows that are not in their model run. The benchmarks
     measure throughput, not the registration workflow, so the corpora's data rows are made members
@@ -146,7 +146,7 @@ class SandboxProcess(_Process):
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.graphql_url = f"{self.base_url}/graphql"
-        command = [sys.executable, "-m", "worker.sandbox", "--host", "127.0.0.1", "--port", str(self.port)]
+        command = [sys.executable, "-m", "labelbox_sandbox", "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--api-key", API_KEY, "--processing-delay-s", "0", "--task-delay-s", "0"]
         super().__init__("the sandbox", command, log_path)
 

@@ -1,10 +1,11 @@
-"""`python -m worker.sandbox --port 8765 --api-key KEY`: run the sandbox until SIGTERM or SIGINT.
+"""`python -m labelbox_sandbox --port 8765 --api-key KEY`: run the sandbox until SIGTERM or SIGINT.
 
 Prints one line, `Labelbox sandbox ready: http://<host>:<port>/graphql`, once it accepts requests. The API
 key comes from `--api-key` or the `SANDBOX_API_KEY` environment variable. `--ontology RUN=FILE` loads a
 Labelbox `normalized` ontology for a model run (rows that do not fit it come back FAILURE). Rows on data
 rows that were not registered in their model run come back FAILURE, as on Labelbox, unless
-`--no-require-data-row-membership`.
+`--no-require-data-row-membership`. `--rate-limit-per-s N` answers HTTP 429 + `Retry-After` to an API key
+asking more than N GraphQL requests a second (a token bucket, `--rate-limit-burst` deep).
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from worker.sandbox.server import Sandbox
+from labelbox_sandbox.server import Sandbox
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m worker.sandbox", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m labelbox_sandbox", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument(
@@ -38,6 +39,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="FAIL rows on data rows not registered in the model run, as Labelbox does (default: on)",
     )
     parser.add_argument(
+        "--rate-limit-per-s",
+        type=float,
+        default=None,
+        metavar="N",
+        help="HTTP 429 + Retry-After beyond N GraphQL requests a second per API key (default: no limit)",
+    )
+    parser.add_argument(
+        "--rate-limit-burst",
+        type=float,
+        default=None,
+        metavar="N",
+        help="requests the token bucket holds for a burst (default: the rate)",
+    )
+    parser.add_argument(
         "--ontology",
         action="append",
         default=[],
@@ -47,6 +62,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not args.api_key:
         parser.error("an API key is required: --api-key or SANDBOX_API_KEY")
+    if args.rate_limit_per_s is not None and args.rate_limit_per_s <= 0:
+        parser.error("--rate-limit-per-s must be positive")
     try:
         args.ontologies = dict(_ontology(item) for item in args.ontology)
     except (ValueError, OSError) as exc:
@@ -77,6 +94,8 @@ async def serve(args: argparse.Namespace) -> None:
         model_run_ids=args.model_run_ids,
         require_data_row_membership=args.require_data_row_membership,
         task_delay_s=args.task_delay_s,
+        rate_limit_per_s=args.rate_limit_per_s,
+        rate_limit_burst=args.rate_limit_burst,
     )
     for run, normalized in args.ontologies.items():
         sandbox.state.load_ontology(run, normalized)

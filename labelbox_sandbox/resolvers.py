@@ -25,8 +25,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.sandbox.graphql import GraphQLError, RootField, Upload, project
-from worker.sandbox.state import (
+from labelbox_sandbox.graphql import GraphQLError, RootField, Upload, project
+from labelbox_sandbox.state import (
     EMPTY_ONTOLOGY,
     ImportNameConflict,
     ImportRecord,

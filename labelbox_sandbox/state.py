@@ -16,8 +16,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from worker.sandbox.faults import FaultBook, FaultRule
-from worker.sandbox.validate import RowResult, error, validate_import
+from labelbox_sandbox.faults import FaultBook, FaultRule
+from labelbox_sandbox.ratelimit import TokenBuckets
+from labelbox_sandbox.validate import RowResult, error, validate_import
 
 EMPTY_ONTOLOGY: dict[str, Any] = {"tools": [], "classifications": []}
 ROW_FAILURE_ERROR_NAME = "InjectedRowFailure"
@@ -177,6 +178,8 @@ class SandboxState:
     run (by the registration mutation, or `set_data_rows`) FAIL with `DataRowNotInModelRun`, as on
     Labelbox; on by default. `task_delay_s`: how long registration
     tasks report RUNNING (default: `processing_delay_s`; the Labelbox SDK sleeps 5 s between task polls).
+    `rate_limit_per_s`: GraphQL requests a second per API key before HTTP 429 (a token bucket holding
+    `rate_limit_burst`, default the rate; see `ratelimit.py`); None: no limit.
     """
 
     def __init__(
@@ -187,6 +190,8 @@ class SandboxState:
         require_data_row_membership: bool = True,
         task_delay_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        rate_limit_per_s: float | None = None,
+        rate_limit_burst: float | None = None,
     ) -> None:
         self.processing_delay_s = processing_delay_s
         self.task_delay_s = processing_delay_s if task_delay_s is None else task_delay_s
@@ -194,6 +199,8 @@ class SandboxState:
         self.clock = clock
         self.faults = FaultBook(clock)
         self._fixed_model_run_ids = frozenset(model_run_ids) if model_run_ids is not None else None
+        self.rate_limit: TokenBuckets | None = None
+        self.set_rate_limit(rate_limit_per_s, rate_limit_burst)
         self.reset()
 
     def reset(self) -> None:
@@ -208,6 +215,12 @@ class SandboxState:
         self._stored: dict[str, dict[str, _Stored]] = {}
         self._uploads: dict[str, dict[str, int]] = {}
         self.faults.clear()
+        if self.rate_limit is not None:  # the limit is configuration: kept, with full buckets
+            self.set_rate_limit(self.rate_limit.per_s, self.rate_limit.burst)
+
+    def set_rate_limit(self, per_s: float | None, burst: float | None = None) -> None:
+        """Limit GraphQL requests to `per_s` a second per API key (bursts of `burst`); None: no limit."""
+        self.rate_limit = None if per_s is None else TokenBuckets(per_s, self.clock, burst)
 
     # --- faults (Python API; the admin endpoints call these too) ---
 

@@ -4,7 +4,7 @@ The sandbox is an oracle for the worker, so this shares no code with the worker'
 I/O. `OntologyIndex.build` reads the ontology once per import (raises `ValueError` naming the place if it
 is malformed); `OntologyIndex.check` gives the first mismatch of a line, or None.
 
-What fits (shared/LABELBOX.md section 2):
+What fits (docs/labelbox-api.md, "Ontologies"):
 - a line, nested classification or answer names its feature by `name`, `schemaId`, or both (under an
   answer, the Labelbox SDK writes `schema_id`, accepted there too). With a schema id, the feature is the one
   with that `featureSchemaId`, and a `name` given beside it must be that feature's name (an answer's name is

@@ -23,6 +23,8 @@
   FAIL (`DataRowNotInModelRun`) unless the sandbox runs without membership checks; this seeds membership
   for a test that is not about registering data rows (the real way is the registration mutation).
 - `PUT /_sandbox/blobs/{name}`: raw bytes, then served at `GET /blobs/{name}` (for `fileUrl` imports).
+- `GET /_sandbox/rate-limit`: `{"per_s", "burst", "admitted", "refused"}`, or `null` without a limit;
+  `PUT /_sandbox/rate-limit` `{"per_s": N, "burst": M}` sets it (`{"per_s": null}` removes it).
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from typing import Any
 import pydantic
 from aiohttp import web
 
-from worker.sandbox.faults import FaultRule
-from worker.sandbox.state import SandboxState, UnknownModelRun
+from labelbox_sandbox.faults import FaultRule
+from labelbox_sandbox.state import SandboxState, UnknownModelRun
 
 PREFIX = "/_sandbox"
 
@@ -65,7 +67,27 @@ class AdminApi:
             web.put(f"{PREFIX}/model-runs/{{id}}/data-rows", self.set_data_rows),
             web.post(f"{PREFIX}/model-runs/{{id}}/data-rows", self.add_data_rows),
             web.put(f"{PREFIX}/blobs/{{name}}", self.put_blob),
+            web.get(f"{PREFIX}/rate-limit", self.rate_limit),
+            web.put(f"{PREFIX}/rate-limit", self.set_rate_limit),
         ]
+
+    async def rate_limit(self, request: web.Request) -> web.Response:
+        buckets = self.state.rate_limit
+        return web.json_response(None if buckets is None else buckets.describe())
+
+    async def set_rate_limit(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        per_s = body.get("per_s") if isinstance(body, dict) else None
+        burst = body.get("burst") if isinstance(body, dict) else None
+        valid = (per_s is None or (isinstance(per_s, int | float) and per_s > 0)) and (
+            burst is None or isinstance(burst, int | float)
+        )
+        if not isinstance(body, dict) or not valid:
+            return web.json_response(
+                {"error": 'expected {"per_s": positive number or null, "burst"}'}, status=400
+            )
+        self.state.set_rate_limit(per_s, burst)
+        return await self.rate_limit(request)
 
     async def all_predictions(self, request: web.Request) -> web.Response:
         return web.json_response(self.state.all_predictions())

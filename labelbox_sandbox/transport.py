@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, web
 
-from worker.sandbox.graphql import GraphQLError, Upload
+from labelbox_sandbox.graphql import GraphQLError, Upload
 
 _MALFORMED = "MALFORMED_REQUEST"
 

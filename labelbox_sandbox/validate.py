@@ -4,7 +4,7 @@ Pure: bytes in, one `RowResult` per non-blank line out, no I/O and no clock. Eac
 `{"name", "message", "additionalInfo"}` dict; `additionalInfo` is `{"path": "<where in the line>"}` or
 `{"line": <1-based line number>}`, or null.
 
-Rules (shared/LABELBOX.md section 1):
+Rules (docs/labelbox-api.md and the README's message contract):
 - the line is a JSON object with `dataRow` holding exactly one of `id` / `globalKey` (non-empty strings);
 - `uuid` is a UUID string, unique within the import; metric lines may omit it, and then get a uuid derived
   from their content (uuid5), so that they can still be stored and counted;
@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from worker.sandbox.ontology import OntologyIndex
+from labelbox_sandbox.ontology import OntologyIndex
 
 Error = dict[str, Any]
 Errors = list[Error]

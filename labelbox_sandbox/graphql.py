@@ -40,7 +40,7 @@ from graphql import (
     VariableNode,
 )
 
-from worker.sandbox.schema import SDL
+from labelbox_sandbox.schema import SDL
 
 VALIDATION_FAILED = "GRAPHQL_VALIDATION_FAILED"
 PARSE_FAILED = "GRAPHQL_PARSE_FAILED"

@@ -1,6 +1,6 @@
 """A local Labelbox-compatible server ("sandbox") for `make run`, the tests and the benchmarks.
 
-It speaks the GraphQL operations, multipart upload, import polling and status files of shared/LABELBOX.md,
+It speaks the GraphQL operations, multipart upload, import polling and status files of docs/labelbox-api.md,
 validates every GraphQL document against Labelbox's schema and every uploaded line as Labelbox reports it
 (data-row membership in the model run included), stores accepted predictions per model run by uuid, and
 injects faults. It is an oracle for the worker: nothing here imports from the rest of `worker` or from
@@ -36,10 +36,10 @@ Errors a client must recognise (GraphQL error bodies are `{"errors": [{"message"
   `extensions.exception.status` 400 for a refused import, and the other kinds of `faults.py`.
 """
 
-from worker.sandbox.faults import FaultRule
-from worker.sandbox.server import Sandbox
-from worker.sandbox.state import ImportFaults, RequestRecord, SandboxState
-from worker.sandbox.validate import RowResult, validate_import, validate_line
+from labelbox_sandbox.faults import FaultRule
+from labelbox_sandbox.server import Sandbox
+from labelbox_sandbox.state import ImportFaults, RequestRecord, SandboxState
+from labelbox_sandbox.validate import RowResult, validate_import, validate_line
 
 __all__ = [
     "FaultRule",

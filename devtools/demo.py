@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from aiokafka.structs import RecordMetadata
 
+from devtools.embedded import EmbeddedBroker, create_topics, free_port, spawn_child
 from schemas import (
     Answer,
     BBox,
@@ -55,7 +56,6 @@ from schemas import (
     TextPrediction,
     mask_from_array,
 )
-from worker.embedded import EmbeddedBroker, create_topics, free_port, spawn_child
 from worker.logs import configure
 from worker.settings import OWN_PREFIXES
 
@@ -324,7 +324,7 @@ class Demo:
         self.base = f"http://127.0.0.1:{port}"
         # Membership required, as by Labelbox: the worker registers the data rows (ENSURE_DATA_ROWS).
         sandbox_args = ["--port", str(port), "--processing-delay-s", "0.5", "--require-data-row-membership"]
-        self.sandbox = _spawn(["-m", "worker.sandbox", *sandbox_args], {"SANDBOX_API_KEY": API_KEY})
+        self.sandbox = _spawn(["-m", "labelbox_sandbox", *sandbox_args], {"SANDBOX_API_KEY": API_KEY})
         await _wait_http(f"{self.base}/_sandbox/counts")
         await _load_ontologies(self.base)
         self.worker = _spawn(["-m", "worker", "run"], _worker_env(self.broker.bootstrap, self.base))
@@ -559,7 +559,7 @@ def _worker_env(bootstrap: str, base: str) -> dict[str, str]:
 
 
 def main() -> int:
-    """Entry point of ``python -m worker demo`` (``make run``)."""
+    """Entry point of ``python -m devtools.demo`` (``make run``)."""
     if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") and os.environ.get("LABELBOX_API_KEY"):
         from worker import service
 
@@ -569,3 +569,7 @@ def main() -> int:
         return asyncio.run(_demo())
     except KeyboardInterrupt:  # Ctrl-C before the demo's handlers were in place: nothing started yet
         return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

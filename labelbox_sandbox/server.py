@@ -14,9 +14,9 @@ from types import TracebackType
 import aiohttp
 from aiohttp import web
 
-from worker.sandbox.admin import AdminApi
-from worker.sandbox.app import SandboxApp
-from worker.sandbox.state import SandboxState
+from labelbox_sandbox.admin import AdminApi
+from labelbox_sandbox.app import SandboxApp
+from labelbox_sandbox.state import SandboxState
 
 SHUTDOWN_TIMEOUT_S = 5.0
 MAX_REQUEST_BYTES = 512 * 1024 * 1024
@@ -31,7 +31,9 @@ class Sandbox:
     model runs that exist (else any id is accepted). `require_data_row_membership` (default True, as on
     Labelbox): FAIL rows on data rows that were not registered in the model run; False lets them succeed.
     `task_delay_s`: how long registration tasks report RUNNING (default `processing_delay_s`). `state`:
-    bring your own (e.g. with a fake clock).
+    bring your own (e.g. with a fake clock). `rate_limit_per_s`: GraphQL requests a second per API key
+    (a token bucket of `rate_limit_burst`, default the rate) beyond which it answers HTTP 429 with
+    `Retry-After`, as Labelbox does under load; None (default): no limit.
     """
 
     def __init__(
@@ -45,6 +47,8 @@ class Sandbox:
         require_data_row_membership: bool = True,
         task_delay_s: float | None = None,
         state: SandboxState | None = None,
+        rate_limit_per_s: float | None = None,
+        rate_limit_burst: float | None = None,
     ) -> None:
         if not api_key:
             raise ValueError("the sandbox needs a non-empty api_key")
@@ -53,6 +57,8 @@ class Sandbox:
             model_run_ids=model_run_ids,
             require_data_row_membership=require_data_row_membership,
             task_delay_s=task_delay_s,
+            rate_limit_per_s=rate_limit_per_s,
+            rate_limit_burst=rate_limit_burst,
         )
         self._api_key = api_key
         self._host = host

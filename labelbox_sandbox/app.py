@@ -7,7 +7,9 @@ Routes (besides the admin API of `admin.py`):
 - `GET /blobs/<name>`: bytes put with `PUT /_sandbox/blobs/<name>`, no auth: a place to serve `fileUrl`s from.
 
 A GraphQL request goes through, in order: its transport faults (latency, then one terminal fault: an
-HTTP status, 429, a hang, a reset, a GraphQL error, an empty body), the API key, parsing and validation
+HTTP status, 429, a hang, a reset, a GraphQL error, an empty body), the rate limit when one is set
+(a token bucket per API key, `ratelimit.py`: HTTP 429 with `Retry-After`, logged as fault
+`rate_limited`), the API key, parsing and validation
 against the schema (`graphql.py`), a `forbidden` fault on its model run, then its resolvers.
 
 A wrong or missing key answers HTTP 401 with
@@ -32,17 +34,17 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from worker.sandbox.faults import TERMINAL_KINDS, FaultRule
-from worker.sandbox.graphql import GraphQLError, RootField, error_body, parse_request, root_field_names
-from worker.sandbox.resolvers import (
+from labelbox_sandbox.faults import TERMINAL_KINDS, FaultRule
+from labelbox_sandbox.graphql import GraphQLError, RootField, error_body, parse_request, root_field_names
+from labelbox_sandbox.resolvers import (
     Context,
     FetchedFile,
     model_run_and_import_name,
     operation_of,
     resolve_field,
 )
-from worker.sandbox.state import ImportRecord, RequestRecord, SandboxState
-from worker.sandbox.transport import read_graphql_request
+from labelbox_sandbox.state import ImportRecord, RequestRecord, SandboxState
+from labelbox_sandbox.transport import read_graphql_request
 
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 FETCH_TIMEOUT_S = 10.0
@@ -131,6 +133,9 @@ class SandboxApp:
         faulted = await self._transport_fault(request)
         if faulted is not None:
             return faulted
+        limited = self._rate_limited(request)
+        if limited is not None:
+            return limited
         if not self._authorized(request):
             return _graphql_error(request, GraphQLError("Invalid API key", "AUTHENTICATION_ERROR", 401))
         if isinstance(roots, GraphQLError):
@@ -149,6 +154,17 @@ class SandboxApp:
         call.faults.append(rule.kind)
         error = GraphQLError(rule.effective_message, "AUTHORIZATION_ERROR", rule.effective_status)
         return _graphql_error(request, error)
+
+    def _rate_limited(self, request: web.Request) -> web.StreamResponse | None:
+        """HTTP 429 when the request's API key has no token left in its bucket (`ratelimit.py`)."""
+        buckets = self.state.rate_limit
+        if buckets is None:
+            return None
+        wait_s = buckets.admit(request.headers.get("Authorization", ""))
+        if wait_s <= 0:
+            return None
+        request[CALL].faults.append("rate_limited")
+        return _too_many_requests(wait_s)
 
     def _authorized(self, request: web.Request) -> bool:
         scheme, _, key = request.headers.get("Authorization", "").partition(" ")
@@ -270,9 +286,7 @@ async def _read_roots(request: web.Request, state: SandboxState) -> list[RootFie
 
 def _fault_response(request: web.Request, rule: FaultRule) -> web.StreamResponse:
     if rule.kind == "rate_limit":
-        message = f"You have exceeded the API rate limit. Retry after {_seconds(rule.retry_after_s)} seconds."
-        headers = {"Retry-After": _seconds(rule.retry_after_s)}
-        return web.json_response({"message": message}, status=429, headers=headers)
+        return _too_many_requests(rule.retry_after_s)
     status = rule.effective_status
     if rule.kind == "graphql_error":
         error = GraphQLError(rule.message, rule.code, status, rule.exception_status)
@@ -282,6 +296,12 @@ def _fault_response(request: web.Request, rule: FaultRule) -> web.StreamResponse
     if rule.kind == "expired_url":
         return web.Response(status=status, body=_expired_url_body(), content_type="application/xml")
     return web.Response(status=status, text=f"{status} {_reason(status)}")
+
+
+def _too_many_requests(retry_after_s: float) -> web.StreamResponse:
+    message = f"You have exceeded the API rate limit. Retry after {_seconds(retry_after_s)} seconds."
+    headers = {"Retry-After": _seconds(retry_after_s)}
+    return web.json_response({"message": message}, status=429, headers=headers)
 
 
 def _expired_url_body() -> bytes:

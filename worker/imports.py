@@ -1,0 +1,353 @@
+"""The import round: one batch -> a Labelbox import -> every message settled or dead-lettered.
+
+``ImportRunner.upload(batch)`` registers the batch's data rows (when asked), creates the import
+(multipart), follows it to FINISHED or FAILED, reads the status file (refreshing an expired signed
+URL by polling again) and settles each message: imported when every row is SUCCESS, dead-lettered
+otherwise. It keeps one bad message or model run from costing more than itself (``worker.isolation``):
+a batch Labelbox refuses whole, that ends FAILED, or that keeps failing while Labelbox is healthy is
+bisected until the messages responsible stand alone; a model run the key may not access is
+remembered and its messages dead-lettered.
+
+It talks to Labelbox through :class:`ImportClient` (``worker.labelbox.LabelboxClient`` in the worker, a
+fake in unit tests) and hands its decisions to a :class:`Settlement` (the pipeline): ``settle`` an
+imported message, ``dead_letter`` a refused one, ``fail`` on an invalid key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Literal, Protocol
+
+from worker.batcher import Batch
+from worker.concurrency import AdaptiveLimiter, AimdController
+from worker.convert import NdjsonLine
+from worker.envelope import Envelope
+from worker.isolation import BisectionBudget, ForbiddenRuns, Refused
+from worker.labelbox import (
+    AuthenticationError,
+    Forbidden,
+    ImportState,
+    RequestRejected,
+    RowStatus,
+    StatusUrlExpired,
+    TransientError,
+)
+from worker.logs import ctx
+from worker.metrics import Metrics
+from worker.preparation import DataRowRegistry, RegistrationFailed
+from worker.retry import until_done
+from worker.settings import Settings
+
+log = logging.getLogger("worker.imports")
+#: How many times an expired status-file URL is refreshed (by polling the import) before giving up.
+_STATUS_URL_REFRESHES = 3
+#: GraphQL codes that refuse the request itself, whatever it carries: splitting the batch cannot help.
+_NOT_ABOUT_CONTENT = frozenset({"GRAPHQL_VALIDATION_FAILED", "GRAPHQL_PARSE_FAILED", "MALFORMED_REQUEST"})
+#: What one import round ends in (the ``outcome`` label of ``lbworker_imports_total``).
+Outcome = Literal[
+    "success",
+    "partial",
+    "status_unavailable",
+    "forbidden",
+    "model_run_unavailable",
+    "registration_failed",
+    "auth_error",
+]
+
+
+class ImportClient(Protocol):
+    """The Labelbox operations an import round needs."""
+
+    async def create_import(self, model_run_id: str, name: str, payload: bytes) -> ImportState: ...
+
+    async def get_import(self, model_run_id: str, name: str) -> ImportState | None: ...
+
+    async def fetch_statuses(self, url: str) -> list[RowStatus]: ...
+
+    async def probe(self) -> bool: ...
+
+
+class Settlement(Protocol):
+    """Where the runner's decisions go."""
+
+    def settle(self, envelope: Envelope) -> None:
+        """The message is imported."""
+
+    async def dead_letter(
+        self, envelope: Envelope, reason: str, errors: Sequence[str], import_name: str | None
+    ) -> None:
+        """The message goes to the DLQ (and is settled once the broker acknowledged it)."""
+
+    def fail(self, error: BaseException) -> None:
+        """Labelbox refused the API key: the worker must stop."""
+
+
+def import_name(topic: str, batch: Batch[Envelope], payload: bytes) -> str:
+    """Unique in the model run and traceable: ``topic/partition@first-last[...]#content-hash``.
+
+    The same messages always give the same name, so a batch rebuilt after a crash adopts the
+    import its first attempt created instead of uploading twice.
+    """
+    ranges: dict[int, tuple[int, int]] = {}
+    for envelope in batch.items:
+        low, high = ranges.get(envelope.tp.partition, (envelope.offset, envelope.offset))
+        ranges[envelope.tp.partition] = (min(low, envelope.offset), max(high, envelope.offset))
+    parts = [f"{p}@{lo}-{hi}" for p, (lo, hi) in sorted(ranges.items())]
+    shown = ",".join(parts[:4]) + (f",+{len(parts) - 4}" if len(parts) > 4 else "")
+    digest = hashlib.sha256(payload).hexdigest()[:12]
+    return f"{topic}/{shown}#{digest}"[:250]
+
+
+class ImportRunner:
+    """Runs import rounds with at most ``UPLOAD_CONCURRENCY`` in flight."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        client: ImportClient,
+        settlement: Settlement,
+        *,
+        data_rows: DataRowRegistry | None = None,
+        clock: Callable[[], float],
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._client = client
+        self._to = settlement
+        self._data_rows = data_rows
+        self._clock = clock
+        self._sleep = sleep
+        controller = AimdController(
+            settings.upload_concurrency, clock, adaptive=settings.adaptive_concurrency
+        )
+        self._slots = AdaptiveLimiter(controller, on_change=metrics.upload_concurrency_limit.set)
+        metrics.upload_concurrency_limit.set(self._slots.limit)
+        self._forbidden = ForbiddenRuns(settings.labelbox_forbidden_ttl_s)
+        self._last_ok: float | None = None  # when an import last settled
+
+    def labelbox_answered(self, operation: str, outcome: str, started_at: float, rtt_s: float) -> None:
+        """Adaptive concurrency's signals (``ADAPTIVE_CONCURRENCY``): every 429 or 5xx Labelbox answers,
+        to any operation (its rate limit is per organisation), halves the limit on imports in flight; a
+        created import's upload round trip counts as a success, or as an overload when it jumps over
+        the moving baseline. ``started_at`` is on the runner's clock."""
+        if outcome == "overload":
+            self._slots.record_overload(started_at)
+        elif outcome == "ok" and operation == "create_import":
+            self._slots.record_success(rtt_s=rtt_s, started_at=started_at)
+
+    # --- forbidden model runs ------------------------------------------------------------------
+
+    def refusal(self, model_run_id: str) -> str | None:
+        """Labelbox's message while the key may not access this model run, else None."""
+        refusal = self._forbidden.refusal(model_run_id, self._clock())
+        self._metrics.forbidden_model_runs.set(self._forbidden.count(self._clock()))
+        return refusal
+
+    def forbid(self, model_run_id: str, error: Forbidden) -> None:
+        """Remember that Labelbox refused this model run to the key (``LABELBOX_FORBIDDEN_TTL_S``)."""
+        if self._forbidden.refusal(model_run_id, self._clock()) is None:
+            log.warning("model_run_forbidden", extra=ctx(model_run_id=model_run_id, error=str(error)))
+        self._forbidden.forbid(model_run_id, str(error), self._clock())
+        self._metrics.forbidden_model_runs.set(self._forbidden.count(self._clock()))
+
+    # --- one batch, bisected when refused ------------------------------------------------------
+
+    async def upload(self, batch: Batch[Envelope]) -> None:
+        """Import the batch; what Labelbox refuses is isolated by bisection. Never raises a Labelbox
+        error (every outcome ends in ``settle``, ``dead_letter`` or ``fail``)."""
+        outcome = await self._round_in_slot(batch)
+        if isinstance(outcome, Refused):
+            await self._isolate(batch, outcome, BisectionBudget(self._settings.import_bisect_max_imports))
+
+    async def _round_in_slot(self, batch: Batch[Envelope]) -> Outcome | Refused:
+        """One import holding an upload slot; the slot is free again before any bisection."""
+        async with self._slots.slot():
+            self._metrics.imports_in_flight.inc()
+            try:
+                outcome = await self._import(batch)
+            finally:
+                self._metrics.imports_in_flight.dec()
+        self._metrics.imports.labels(outcome if isinstance(outcome, str) else outcome.outcome).inc()
+        return outcome
+
+    async def _isolate(self, batch: Batch[Envelope], refused: Refused, budget: BisectionBudget) -> None:
+        """Split a refused batch and import each half, recursively, until the messages Labelbox
+        refuses stand alone; only those are dead-lettered (all of it once the budget is spent)."""
+        fields = ctx(
+            model_run_id=batch.model_run_id, import_name=refused.import_name, messages=len(batch.items)
+        )
+        if len(batch.items) < 2 or not refused.bisect or not budget.take(2):
+            if len(batch.items) > 1:
+                log.warning("bisection_stopped", extra=fields)
+            await self._dead_letter_all(batch, refused.reason, refused.errors, refused.import_name)
+            return
+        log.info("import_bisected", extra=fields)
+        await asyncio.gather(*(self._import_half(half, budget) for half in batch.split()))
+
+    async def _import_half(self, half: Batch[Envelope], budget: BisectionBudget) -> None:
+        self._metrics.bisection_imports.inc()
+        outcome = await self._round_in_slot(half)
+        if isinstance(outcome, Refused):
+            await self._isolate(half, outcome, budget)
+
+    # --- one import, its rounds ----------------------------------------------------------------
+
+    async def _import(self, batch: Batch[Envelope]) -> Outcome | Refused:
+        """Import one batch and settle its messages; a :class:`Refused` batch is left to the caller."""
+        payload = batch.payload()
+        name = import_name(self._settings.kafka_topic, batch, payload)
+        run = batch.model_run_id
+        refusal = self.refusal(run)
+        if refusal is not None:
+            await self._dead_letter_all(batch, "model_run_forbidden", (refusal,), None)
+            return "forbidden"
+        log.info(
+            "import_started",
+            extra=ctx(model_run_id=run, import_name=name, rows=batch.rows, bytes=len(payload)),
+        )
+        rounds, failing_since = 0, None
+        while True:
+            try:
+                return await self._round(batch, name, payload)
+            except TransientError as exc:
+                rounds, failing_since = rounds + 1, failing_since or self._clock()
+                if rounds >= self._settings.import_max_rounds and await self._labelbox_healthy(failing_since):
+                    errors = (f"failed {rounds} times while Labelbox was healthy; last: {exc}",)
+                    return Refused("import_failed_repeatedly", errors, name, "failed_repeatedly")
+                fields = ctx(model_run_id=run, import_name=name, error=str(exc), round=rounds)
+                log.warning("import_retry_round", extra=fields)
+                await self._sleep(self._round_pause_s())
+            except Exception as exc:  # a verdict: settled below, never retried
+                return await self._verdict(batch, name, exc)
+
+    async def _verdict(self, batch: Batch[Envelope], name: str, error: Exception) -> Outcome | Refused:
+        """What a non-transient failure of an import round means for its batch."""
+        run = batch.model_run_id
+        if isinstance(error, AuthenticationError):
+            self._to.fail(error)
+            return "auth_error"
+        if isinstance(error, Forbidden):
+            self.forbid(run, error)
+            await self._dead_letter_all(batch, "model_run_forbidden", (str(error),), name)
+            return "forbidden"
+        if isinstance(error, RequestRejected) and error.code == "RESOURCE_NOT_FOUND":
+            await self._dead_letter_all(batch, "model_run_unavailable", (f"model_run_id: {error}",), name)
+            return "model_run_unavailable"
+        if isinstance(error, RequestRejected):
+            bisect = error.code not in _NOT_ABOUT_CONTENT
+            return Refused("import_rejected", (str(error),), name, "rejected", bisect)
+        if isinstance(error, RegistrationFailed):
+            await self._dead_letter_all(batch, "data_row_registration_failed", (str(error),), None)
+            return "registration_failed"
+        raise error
+
+    async def _round(self, batch: Batch[Envelope], name: str, payload: bytes) -> Outcome | Refused:
+        await self._ensure_data_rows(batch)
+        state = await self._client.create_import(batch.model_run_id, name, payload)
+        state = await self._follow(state)
+        self._last_ok = self._clock()
+        if state.state == "FAILED":
+            return Refused("import_failed", (f"Labelbox import {state.name} FAILED",), state.name, "failed")
+        return await self._settle(batch, state)
+
+    def _round_pause_s(self) -> float:
+        """Between two rounds of one import: 1 to 5 s (shorter when the retry budget is shorter)."""
+        return random.uniform(0.2, 1.0) * min(5.0, max(0.5, self._settings.labelbox_retry_max_s))
+
+    async def _labelbox_healthy(self, failing_since: float) -> bool:
+        """Labelbox works for others: an import settled since this batch first failed, or else (every
+        import in flight failing too, or none) a cheap query answers."""
+        return (self._last_ok is not None and self._last_ok > failing_since) or await self._client.probe()
+
+    async def _ensure_data_rows(self, batch: Batch[Envelope]) -> None:
+        if self._data_rows is None:
+            return
+        rows = [line.data_row_ref for envelope in batch.items for line in envelope.lines]
+        added = await self._data_rows.ensure(batch.model_run_id, rows)
+        if added:
+            log.info("data_rows_registered", extra=ctx(model_run_id=batch.model_run_id, data_rows=added))
+
+    async def _follow(self, state: ImportState) -> ImportState:
+        settings = self._settings
+        state = await until_done(
+            lambda: self._poll(state),
+            lambda s: s.done,
+            interval_s=settings.labelbox_poll_interval_s,
+            timeout_s=settings.labelbox_import_timeout_s,
+            clock=self._clock,
+            sleep=self._sleep,
+            first=state,
+        )
+        if not state.done:
+            raise TransientError(f"import {state.name} still {state.state} at the deadline", "import_timeout")
+        return state
+
+    async def _poll(self, state: ImportState) -> ImportState:
+        polled = await self._client.get_import(state.model_run_id, state.name)
+        if polled is None:
+            raise TransientError(f"import {state.name} is not found", "import_missing")
+        return polled
+
+    # --- settling ------------------------------------------------------------------------------
+
+    async def _settle(self, batch: Batch[Envelope], state: ImportState) -> Outcome:
+        try:
+            rows = await self._read_statuses(state)
+        except TransientError as exc:
+            await self._dead_letter_all(batch, "import_status_unavailable", (str(exc),), state.name)
+            return "status_unavailable"
+        statuses = {row.uuid: row for row in rows}
+        failed = await asyncio.gather(*(self._settle_message(e, statuses, state.name) for e in batch.items))
+        fields = ctx(
+            model_run_id=state.model_run_id,
+            import_name=state.name,
+            rows=batch.rows,
+            failed_messages=sum(failed),
+        )
+        log.info("import_finished", extra=fields)
+        return "partial" if any(failed) else "success"
+
+    async def _read_statuses(self, state: ImportState) -> list[RowStatus]:
+        """The status file's rows; an expired signed URL is refreshed by polling the import again."""
+        for _ in range(_STATUS_URL_REFRESHES):
+            if not state.status_file_url:
+                raise TransientError("FINISHED import has no status file", "no_status_file")
+            try:
+                return await self._client.fetch_statuses(state.status_file_url)
+            except StatusUrlExpired as exc:
+                log.info("status_url_refreshed", extra=ctx(import_name=state.name, error=str(exc)))
+                state = await self._poll(state)
+        raise TransientError(f"the status file URL of {state.name} kept expiring", "expired_url")
+
+    async def _settle_message(self, envelope: Envelope, statuses: dict[str, RowStatus], name: str) -> bool:
+        problems = [_row_problem(line, statuses.get(line.uuid)) for line in envelope.lines]
+        errors = [p for p in problems if p is not None]
+        self._metrics.rows_imported.inc(len(problems) - len(errors))
+        if not errors:
+            self._to.settle(envelope)
+            return False
+        self._metrics.rows_failed.inc(len(errors))
+        await self._to.dead_letter(envelope, "labelbox_rejected", errors, name)
+        return True
+
+    async def _dead_letter_all(
+        self, batch: Batch[Envelope], reason: str, errors: Sequence[str], name: str | None
+    ) -> None:
+        await asyncio.gather(*(self._to.dead_letter(e, reason, errors, name) for e in batch.items))
+
+
+def _row_problem(line: NdjsonLine, status: RowStatus | None) -> str | None:
+    if status is None:
+        return f"{line.uuid}: Labelbox reported no status for this row"
+    if status.status == "SUCCESS":
+        return None
+    details = (
+        "; ".join(f"{e.get('name', 'Error')}: {e.get('message', '')}" for e in status.errors) or status.status
+    )
+    return f"{line.uuid}: {details}"

@@ -145,9 +145,15 @@ class ImportRunner:
 
     def refusal(self, model_run_id: str) -> str | None:
         """Labelbox's message while the key may not access this model run, else None."""
+        before = len(self._forbidden)  # asked for every message: look at its own model run only
         refusal = self._forbidden.refusal(model_run_id, self._clock())
-        self._metrics.forbidden_model_runs.set(self._forbidden.count(self._clock()))
+        if len(self._forbidden) != before:  # it expired
+            self._metrics.forbidden_model_runs.set(len(self._forbidden))
         return refusal
+
+    def expire_forbidden(self) -> None:
+        """Drop every expired verdict and keep the gauge current (called with the readiness check)."""
+        self._metrics.forbidden_model_runs.set(self._forbidden.count(self._clock()))
 
     def forbid(self, model_run_id: str, error: Forbidden) -> None:
         """Remember that Labelbox refused this model run to the key (``LABELBOX_FORBIDDEN_TTL_S``)."""

@@ -37,6 +37,10 @@ class ForbiddenRuns:
             return None
         return message
 
+    def __len__(self) -> int:
+        """Model runs recorded as forbidden (some may have expired: see :meth:`count`)."""
+        return len(self._until)
+
     def count(self, now: float) -> int:
         """Model runs forbidden now."""
         for run in list(self._until):

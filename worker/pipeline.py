@@ -161,6 +161,7 @@ class Pipeline:
     def health(self) -> dict[str, bool]:
         """``live``: every stage task runs. ``ready``: see ``worker.readiness``."""
         live = bool(self._stages) and all(not t.done() for t in self._stages.values())
+        self._imports.expire_forbidden()
         now = self._clock()
         labelbox_ok = self._readiness.labelbox_ok(self._lb.failing_since, now)
         report = self._readiness.report(live=live, labelbox_ok=labelbox_ok, stopping=self.stopping)

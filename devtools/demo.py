@@ -34,6 +34,7 @@ from aiokafka.structs import RecordMetadata
 
 from devtools.embedded import EmbeddedBroker, create_topics, free_port, spawn_child
 from schemas import (
+    MAX_MESSAGE_BYTES,
     Answer,
     BBox,
     BBoxPrediction,
@@ -369,7 +370,7 @@ async def _wait_http(url: str, timeout_s: float = 30.0) -> None:
 
 
 async def _produce(bootstrap: str, progress: Progress) -> dict[int, int]:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_request_size=16 * 1024 * 1024)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_request_size=MAX_MESSAGE_BYTES)
     await producer.start()
     ends: Counter[int] = Counter()
     try:

@@ -37,7 +37,7 @@ Errors a client must recognise (GraphQL error bodies are `{"errors": [{"message"
 """
 
 from labelbox_sandbox.faults import FaultRule
-from labelbox_sandbox.server import Sandbox
+from labelbox_sandbox.sandbox import Sandbox
 from labelbox_sandbox.state import ImportFaults, RequestRecord, SandboxState
 from labelbox_sandbox.validate import RowResult, validate_import, validate_line
 

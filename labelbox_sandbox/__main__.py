@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from labelbox_sandbox.server import Sandbox
+from labelbox_sandbox.sandbox import Sandbox
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

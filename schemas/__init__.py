@@ -9,7 +9,7 @@ Build a message from these models and publish ``message.to_kafka()``::
     key, value = msg.to_kafka()
 """
 
-from schemas._base import CustomMetric, DataRowRef
+from schemas._base import MAX_MESSAGE_BYTES, CustomMetric, DataRowRef
 from schemas.errors import REASON_CODES, reason_of, summarize
 from schemas.masks import PngMask, Rle, RleMask, UrlMask, mask_from_array
 from schemas.message import (
@@ -18,6 +18,7 @@ from schemas.message import (
     MESSAGE_ADAPTER,
     Message,
     NdjsonMessage,
+    PayloadKey,
     PredictionMessage,
 )
 from schemas.predictions import (
@@ -43,6 +44,7 @@ from schemas.predictions import (
 
 __all__ = [
     "CONTRACT_VERSION",
+    "MAX_MESSAGE_BYTES",
     "MAX_PER_FEATURE",
     "MESSAGE_ADAPTER",
     "REASON_CODES",
@@ -58,6 +60,7 @@ __all__ = [
     "MaskPrediction",
     "Message",
     "NdjsonMessage",
+    "PayloadKey",
     "PngMask",
     "Point",
     "PointPrediction",

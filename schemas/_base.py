@@ -7,6 +7,9 @@ from typing import Annotated, Any, Self
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic_core import PydanticCustomError
 
+#: The largest message the worker takes by default (``MESSAGE_MAX_BYTES``), and so the default bound on
+#: what holds one: a batch's bytes, a DLQ record, a mask's PNG text.
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 #: Identifiers and names: 1..1024 characters, no control characters (null bytes included).
 Name = Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f\x7f]+$")]
 #: Free text (a text answer): newlines allowed, null bytes and other C0 controls but tab/newline not.

@@ -17,12 +17,12 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import Discriminator, Field, PrivateAttr, Tag, model_validator
 from pydantic_core import PydanticCustomError
 
-from schemas._base import Strict
+from schemas._base import MAX_MESSAGE_BYTES, Strict
 
 #: Largest mask accepted, in pixels (6000 x 6000): bounds the memory one message can claim.
 MAX_MASK_PIXELS = 36_000_000
 #: Largest base64 PNG accepted, in characters.
-MAX_PNG_CHARS = 16 * 1024 * 1024
+MAX_PNG_CHARS = MAX_MESSAGE_BYTES
 #: Largest COCO RLE counts string accepted, in characters.
 MAX_RLE_CHARS = 4 * 1024 * 1024
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

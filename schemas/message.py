@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 import orjson
 from pydantic import Discriminator, Field, Tag, TypeAdapter, model_validator
 from pydantic_core import PydanticCustomError
 
 from schemas._base import DataRowRef, Name, Strict
-from schemas.ndjson import NdjsonLine
+from schemas.ndjson import NdInputLine
 from schemas.predictions import METRIC_TYPES, Prediction
 
 #: Labelbox imports at most this many predictions per data row per feature name.
@@ -40,7 +40,11 @@ def _check_per_feature(keys: Iterable[tuple[str, str]]) -> None:
             )
 
 
-class _Envelope(Strict):
+#: Where a message's predictions are (``predictions``: typed format, ``ndjson``: NDJSON format).
+PayloadKey = Literal["predictions", "ndjson"]
+
+
+class _MessageBase(Strict):
     model_run_id: Annotated[Name, Field(max_length=128)]
     message_id: Name | None = None
 
@@ -50,8 +54,11 @@ class _Envelope(Strict):
         return self.model_run_id.encode(), orjson.dumps(value)
 
 
-class PredictionMessage(_Envelope):
+class PredictionMessage(_MessageBase):
     """Typed format: predictions built from this package's models."""
+
+    #: The key the message's predictions are under: what an error path starts with.
+    payload_key: ClassVar[PayloadKey] = "predictions"
 
     data_row: DataRowRef
     predictions: list[Prediction] = Field(min_length=1, max_length=100_000)
@@ -63,10 +70,12 @@ class PredictionMessage(_Envelope):
         return self
 
 
-class NdjsonMessage(_Envelope):
+class NdjsonMessage(_MessageBase):
     """NDJSON format: Labelbox NDJSON lines, each with its own ``dataRow``."""
 
-    ndjson: list[NdjsonLine] = Field(min_length=1, max_length=100_000)
+    payload_key: ClassVar[PayloadKey] = "ndjson"
+
+    ndjson: list[NdInputLine] = Field(min_length=1, max_length=100_000)
 
     @model_validator(mode="after")
     def _labelbox_limits(self) -> Self:

@@ -271,8 +271,8 @@ def _line_kind(value: Any) -> str | None:
     return "classification" if "answer" in value else None
 
 
-#: One Labelbox NDJSON prediction line, told apart by which payload key it carries.
-NdjsonLine = Annotated[
+#: One Labelbox NDJSON prediction line of a message (the input), told apart by which payload key it carries.
+NdInputLine = Annotated[
     Annotated[NdBBoxLine, Tag("bbox")]
     | Annotated[NdPointLine, Tag("point")]
     | Annotated[NdLineLine, Tag("line")]

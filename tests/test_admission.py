@@ -10,6 +10,7 @@ from aiokafka import TopicPartition
 from tests.factories import bbox, message
 from worker.admission import Admit, OntologyGate, Park, Refuse
 from worker.envelope import Envelope, process_chunk
+from worker.labelbox import RequestRejected
 from worker.offsets import PartitionOffsets
 from worker.preparation import OntologyCache
 
@@ -24,10 +25,11 @@ class Ontologies:
         return ONTOLOGY
 
 
-def converted(name: str, run: str = "run-a") -> Envelope:
+def converted(name: str, run: str = "run-a", gate: OntologyGate | None = None) -> Envelope:
+    """Converted as in the converter thread (checked against the cached ontology, when ``gate`` is given)."""
     value = orjson.dumps(message(bbox(name=name), model_run_id=run))
     envelope = Envelope(TopicPartition("t", 0), 0, None, value, 0, PartitionOffsets(0))
-    [(_, rejection)] = process_chunk([envelope], 1 << 20)
+    [(_, rejection)] = process_chunk([envelope], 1 << 20, gate.precheck if gate else None)
     assert rejection is None
     return envelope
 
@@ -41,10 +43,13 @@ async def test_messages_wait_for_their_model_runs_ontology_in_order() -> None:
     assert gate.admit(other) == Park("run-b"), "another run is not held up"
     await cache.refresh("run-a")
     decisions = gate.fetched("run-a")
-    assert decisions[0] == Admit(first)
+    assert decisions[0] == Admit(first, "run-a")
     assert isinstance(decisions[1], Refuse)
     assert decisions[1].reason == "ontology_mismatch"
-    assert isinstance(gate.admit(converted("box")), Admit), "cached now: no parking"
+    assert isinstance(gate.admit(converted("box", gate=gate)), Admit), "checked in the thread: no parking"
+    refused = gate.admit(converted("cat", gate=gate))
+    assert isinstance(refused, Refuse), "a mismatch found in the thread"
+    assert refused.errors[0].startswith("predictions.0.name: unknown_feature")
 
 
 def test_a_forbidden_run_is_refused_before_any_ontology_work() -> None:
@@ -59,5 +64,5 @@ def test_an_unavailable_run_refuses_what_waited() -> None:
     gate = OntologyGate(OntologyCache(Ontologies(), ttl_s=600), lambda run: None)
     gate.admit(converted("box"))
     gate.admit(converted("box"))
-    decisions = gate.unavailable("run-a", "model_run_unavailable", ("unknown",))
+    decisions = gate.unavailable("run-a", RequestRejected("unknown", "RESOURCE_NOT_FOUND"))
     assert [d.reason for d in decisions if isinstance(d, Refuse)] == ["model_run_unavailable"] * 2

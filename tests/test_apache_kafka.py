@@ -29,8 +29,8 @@ from tests.kafka_helpers import DeadLettered, committed, produce, read_dlq
 from tests.tls_certs import Pki, make_pki
 from tests.worker_harness import make_topics, running, settings_for, wait_committed
 from worker.dlq import H_TRUNCATED
+from worker.kafka_clients import make_producer
 from worker.settings import KafkaSettings
-from worker.source import make_producer
 
 pytestmark = [pytest.mark.integration, pytest.mark.apache_kafka]
 
@@ -309,7 +309,7 @@ async def test_the_secure_listeners_refuse_bad_credentials(
     secure_kafka: tuple[ApacheKafka, Pki], case: str, tmp_path: Path
 ) -> None:
     """The two tests above prove something only if the listeners check: the worker's own clients
-    (worker.source) with a wrong password, without a client certificate, or trusting another CA fail
+    (worker.kafka_clients) with a wrong password, without a client certificate, or trusting another CA fail
     to start."""
     kafka, pki = secure_kafka
     values: dict[str, Any] = {"kafka_security_protocol": "SSL", "kafka_ssl_cafile": pki.ca}

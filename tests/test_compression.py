@@ -25,9 +25,9 @@ from tests.sdk_oracle import camel_case_keys, comparable, sdk_data, sdk_lines, t
 from tests.worker_harness import make_topics, running, settings_for, wait_committed
 from worker.convert import convert
 from worker.dlq import DeadLetter, DeadLetterWriter
+from worker.kafka_clients import make_producer
 from worker.pipeline import EXIT_UNDECODABLE
 from worker.settings import KafkaSettings
-from worker.source import make_producer
 
 pytestmark = pytest.mark.integration
 CODECS = ("gzip", "snappy", "lz4", "zstd")

@@ -314,7 +314,7 @@ async def test_an_unexpected_exception_in_a_task_exits_1_not_0(
             raise RuntimeError("a bug")
 
         for _ in range(200):  # bounded: the pipeline runs once the key is checked
-            if service.pipeline is not None and service.pipeline.joined:
+            if service.pipeline is not None and service.pipeline.health()["joined"]:
                 break
             await asyncio.sleep(0.05)
         assert service.pipeline is not None

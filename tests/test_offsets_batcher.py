@@ -125,7 +125,7 @@ def test_closes_at_max_rows() -> None:
     assert batcher.add("run", _msg(rows=6), now=0) == []
     closed = batcher.add("run", _msg(rows=4), now=1)
     assert [b.rows for b in closed] == [10]
-    assert batcher.open_rows == 0
+    assert batcher.flush() == []
 
 
 def test_a_message_that_would_overflow_starts_a_new_batch() -> None:
@@ -133,7 +133,7 @@ def test_a_message_that_would_overflow_starts_a_new_batch() -> None:
     batcher.add("run", _msg(rows=6), now=0)
     closed = batcher.add("run", _msg(rows=6), now=1)
     assert [b.rows for b in closed] == [6]
-    assert batcher.open_rows == 6
+    assert [b.rows for b in batcher.flush()] == [6]
 
 
 def test_closes_at_max_bytes() -> None:
@@ -155,11 +155,10 @@ def test_linger_closes_batches_per_model_run() -> None:
     batcher: Batcher[Msg] = Batcher(LIMITS)
     batcher.add("a", _msg(), now=0)
     batcher.add("b", _msg(), now=3)
-    assert batcher.next_due() == 5
     assert batcher.due(now=4.9) == []
     assert [b.model_run_id for b in batcher.due(now=5)] == ["a"]
     assert [b.model_run_id for b in batcher.due(now=8)] == ["b"]
-    assert batcher.next_due() is None
+    assert batcher.flush() == []
 
 
 def test_model_runs_are_batched_apart() -> None:

@@ -1073,7 +1073,7 @@ def figures(service):
                    if s.name.endswith("_total"))
     return {"t": time.monotonic(), "rss_kib": status_kib("VmRSS"), "hwm_kib": status_kib("VmHWM"),
             "buffered": metrics.buffered_bytes._value.get(), "paused": metrics.paused_partitions._value.get(),
-            "consumed": consumed, "joined": bool(pipeline is not None and pipeline.joined),
+            "consumed": consumed, "joined": bool(pipeline is not None and pipeline.health()["joined"]),
             "generation": getattr(coordinator, "generation", None),
             "member": getattr(coordinator, "member_id", None)}
 

@@ -9,12 +9,12 @@ data row per feature name. Messages are never split across batches. The caller p
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from schemas import MAX_PER_FEATURE
-from worker.convert import NdjsonLine
+from worker.convert import NdjsonLine, encode
 
 
 class HasLines(Protocol):
@@ -47,8 +47,8 @@ class Batch(Generic[Item]):
         self.per_feature.update(counts)
 
     def payload(self) -> bytes:
-        """The NDJSON file: every line of every message, newline-terminated."""
-        return b"".join(line.data + b"\n" for item in self.items for line in item.lines)
+        """The NDJSON file: every line of every message (``worker.convert.encode``)."""
+        return encode([line for item in self.items for line in item.lines])
 
     def split(self) -> tuple[Batch[Item], Batch[Item]]:
         """Two batches of the first and the second half of the messages (a message is never cut).
@@ -64,12 +64,6 @@ class Batch(Generic[Item]):
         for index, item in enumerate(self.items):
             halves[index >= middle].append(item, _stats(item))
         return halves
-
-    def lines(self) -> Iterator[tuple[Item, NdjsonLine]]:
-        """Every (message, line) pair, in upload order."""
-        for item in self.items:
-            for line in item.lines:
-                yield item, line
 
 
 def _stats(item: HasLines) -> tuple[int, int, Counter[tuple[str, str]]]:
@@ -119,12 +113,6 @@ class Batcher(Generic[Item]):
         expired = [run for run, b in self._open.items() if now - b.opened_at >= self._limits.linger_s]
         return [self._open.pop(run) for run in expired]
 
-    def next_due(self) -> float | None:
-        """When the oldest open batch is due (same clock as ``now``), or None if none is open."""
-        if not self._open:
-            return None
-        return min(b.opened_at for b in self._open.values()) + self._limits.linger_s
-
     def flush(self) -> list[Batch[Item]]:
         """Close and return every open batch."""
         closed = list(self._open.values())
@@ -145,8 +133,3 @@ class Batcher(Generic[Item]):
                 for item in keep:
                     rebuilt.append(item, _stats(item))
         return dropped
-
-    @property
-    def open_rows(self) -> int:
-        """Lines waiting in open batches."""
-        return sum(b.rows for b in self._open.values())

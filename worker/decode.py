@@ -6,17 +6,15 @@ code (see ``schemas.errors``) and whose ``errors`` name the field paths.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import orjson
 from pydantic import ValidationError
 
-from schemas import MESSAGE_ADAPTER, NdjsonMessage, PredictionMessage
+from schemas import MAX_MESSAGE_BYTES, MESSAGE_ADAPTER, NdjsonMessage, PredictionMessage
 from schemas.errors import summarize
 
 Message = PredictionMessage | NdjsonMessage
-#: Default bound on one record value, in bytes (Kafka's own default max is 1 MiB).
-DEFAULT_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,10 +25,9 @@ class Rejection:
     errors: list[str]
     model_run_id: str | None = None
     message_id: str | None = None
-    extra: dict[str, str] = field(default_factory=dict)
 
 
-def decode(value: bytes | None, max_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> Message | Rejection:
+def decode(value: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Message | Rejection:
     """Validate one record value against contract v1."""
     if not value:
         return Rejection("empty_message", ["the record has no value"])

@@ -7,7 +7,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import MessageSizeTooLargeError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
+
+from worker.retry import patiently
 
 #: Header names of a DLQ record (values are UTF-8).
 H_REASON = "dlq.reason"
@@ -81,6 +83,19 @@ class DeadLetterWriter:
     def __init__(self, producer: AIOKafkaProducer, topic: str) -> None:
         self._producer = producer
         self._topic = topic
+
+    async def deliver(self, letter: DeadLetter) -> None:
+        """:meth:`write`, retried until the broker acknowledges it (a message is settled only once its
+        dead letter is safe); blocks until then, never gives up by itself."""
+        await patiently(
+            lambda: self.write(letter),
+            errors=(KafkaError,),
+            event="dlq_write_retry",
+            log=log,
+            first_s=0.5,
+            max_s=30.0,
+            reason=letter.reason,
+        )
 
     async def write(self, letter: DeadLetter) -> None:
         """Send and await delivery. A value refused as too large (by the broker, or by

@@ -28,6 +28,7 @@ from worker.convert import NdjsonLine
 from worker.envelope import Envelope
 from worker.isolation import BisectionBudget, ForbiddenRuns, Refused
 from worker.labelbox import (
+    AttemptOutcome,
     AuthenticationError,
     Forbidden,
     ImportState,
@@ -39,7 +40,7 @@ from worker.labelbox import (
 from worker.logs import ctx
 from worker.metrics import Metrics
 from worker.preparation import DataRowRegistry, RegistrationFailed
-from worker.retry import until_done
+from worker.retry import patiently, until_done
 from worker.settings import Settings
 
 log = logging.getLogger("worker.imports")
@@ -131,7 +132,9 @@ class ImportRunner:
         self._forbidden = ForbiddenRuns(settings.labelbox_forbidden_ttl_s)
         self._last_ok: float | None = None  # when an import last settled
 
-    def labelbox_answered(self, operation: str, outcome: str, started_at: float, rtt_s: float) -> None:
+    def labelbox_answered(
+        self, operation: str, outcome: AttemptOutcome, started_at: float, rtt_s: float
+    ) -> None:
         """Adaptive concurrency's signals (``ADAPTIVE_CONCURRENCY``): every 429 or 5xx Labelbox answers,
         to any operation (its rate limit is per organisation), halves the limit on imports in flight; a
         created import's upload round trip counts as a success, or as an overload when it jumps over
@@ -217,20 +220,37 @@ class ImportRunner:
             "import_started",
             extra=ctx(model_run_id=run, import_name=name, rows=batch.rows, bytes=len(payload)),
         )
-        rounds, failing_since = 0, None
-        while True:
-            try:
-                return await self._round(batch, name, payload)
-            except TransientError as exc:
-                rounds, failing_since = rounds + 1, failing_since or self._clock()
-                if rounds >= self._settings.import_max_rounds and await self._labelbox_healthy(failing_since):
-                    errors = (f"failed {rounds} times while Labelbox was healthy; last: {exc}",)
-                    return Refused("import_failed_repeatedly", errors, name, "failed_repeatedly")
-                fields = ctx(model_run_id=run, import_name=name, error=str(exc), round=rounds)
-                log.warning("import_retry_round", extra=fields)
-                await self._sleep(self._round_pause_s())
-            except Exception as exc:  # a verdict: settled below, never retried
-                return await self._verdict(batch, name, exc)
+        rounds, failing_since = 0, 0.0
+
+        async def give_up(_: BaseException, attempts: int) -> bool:  # the batch may be to blame
+            nonlocal rounds, failing_since
+            rounds, failing_since = attempts, failing_since or self._clock()
+            return rounds >= self._settings.import_max_rounds and await self._labelbox_healthy(failing_since)
+
+        try:
+            return await patiently(
+                lambda: self._round_or_verdict(batch, name, payload),
+                errors=(TransientError,),
+                event="import_retry_round",
+                log=log,
+                pause_s=self._round_pause_s,
+                give_up=give_up,
+                sleep=self._sleep,
+                model_run_id=run,
+                import_name=name,
+            )
+        except TransientError as exc:
+            errors = (f"failed {rounds} times while Labelbox was healthy; last: {exc}",)
+            return Refused("import_failed_repeatedly", errors, name, "failed_repeatedly")
+
+    async def _round_or_verdict(self, batch: Batch[Envelope], name: str, payload: bytes) -> Outcome | Refused:
+        """One round; a failure that is not transient is a verdict, settled, never retried."""
+        try:
+            return await self._round(batch, name, payload)
+        except TransientError:
+            raise
+        except Exception as exc:
+            return await self._verdict(batch, name, exc)
 
     async def _verdict(self, batch: Batch[Envelope], name: str, error: Exception) -> Outcome | Refused:
         """What a non-transient failure of an import round means for its batch."""

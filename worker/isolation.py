@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 class ForbiddenRuns:
@@ -52,10 +53,10 @@ class ForbiddenRuns:
 class Refused:
     """An import round that did not settle its batch: why, in DLQ terms, should it come to that."""
 
-    reason: str  # import_rejected, import_failed or import_failed_repeatedly
+    reason: Literal["import_rejected", "import_failed", "import_failed_repeatedly"]
     errors: tuple[str, ...]
     import_name: str
-    outcome: str  # the ``lbworker_imports_total`` outcome of this round
+    outcome: Literal["rejected", "failed", "failed_repeatedly"]  # ``lbworker_imports_total``'s
     #: False when splitting cannot help (the refusal is about the request, not its content).
     bisect: bool = True
 

@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 import orjson
@@ -264,8 +264,8 @@ def _transport_errors(what: str) -> Iterator[None]:
 
 #: What ``on_response`` reports of an attempt: ``ok``, ``overload`` (a 429 or a 5xx, also inside the
 #: retries) or ``failed`` (anything else).
-_OVERLOAD = "overload"
-OnResponse = Callable[[str, str, float, float], None]
+AttemptOutcome = Literal["ok", "overload", "failed"]
+OnResponse = Callable[[str, AttemptOutcome, float, float], None]
 """Called after every attempt with (operation, outcome, started_at on time.monotonic, seconds it took)."""
 OnRetry = Callable[[str, str, float], None]
 """Called before each retry sleep with (operation, cause, seconds to sleep). ``on_attempt`` is called
@@ -349,7 +349,7 @@ class LabelboxClient:
             try:
                 result = await call()
             except LabelboxError as exc:
-                self._respond(operation, _OVERLOAD if exc.cause in ("429", "5xx") else "failed", started_at)
+                self._respond(operation, "overload" if exc.cause in ("429", "5xx") else "failed", started_at)
                 raise
             self._respond(operation, "ok", started_at)
             return result
@@ -358,7 +358,7 @@ class LabelboxClient:
         self.failing_since = None
         return result
 
-    def _respond(self, operation: str, outcome: str, started_at: float) -> None:
+    def _respond(self, operation: str, outcome: AttemptOutcome, started_at: float) -> None:
         if self._on_response is not None:
             self._on_response(operation, outcome, started_at, time.monotonic() - started_at)
 

@@ -53,17 +53,6 @@ MISPLACED_CLASSIFICATION: Final = "misplaced_classification"
 CONFLICTING_REFERENCE: Final = "conflicting_reference"
 #: The line cannot be read as an annotation (no payload key, no name/schemaId, answer of no known shape).
 MALFORMED_LINE: Final = "malformed_line"
-CODES: Final = frozenset(
-    {
-        UNKNOWN_FEATURE,
-        WRONG_TOOL_TYPE,
-        WRONG_CLASSIFICATION_TYPE,
-        UNKNOWN_ANSWER,
-        MISPLACED_CLASSIFICATION,
-        CONFLICTING_REFERENCE,
-        MALFORMED_LINE,
-    }
-)
 
 #: The ontology tool each geometry payload key needs.
 TOOL_FOR_KIND: Final[Mapping[str, str]] = {
@@ -87,7 +76,8 @@ class Mismatch:
     """Why a line does not fit the ontology.
 
     ``path``: dotted, from the line to the value at fault ("" for the line itself). ``code``: one of
-    ``CODES``. ``message``: for people; names the feature or answer and what the ontology allows there.
+    the codes above (``UNKNOWN_FEATURE``, ...). ``message``: for people; names the feature or answer
+    and what the ontology allows there.
     """
 
     path: str

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 from worker.labelbox import TaskStatus, TransientError
 from worker.logs import ctx
 from worker.ontology import Mismatch, Ontology
-from worker.retry import until_done
+from worker.retry import patiently, until_done
 
 Clock = Callable[[], float]
 log = logging.getLogger("worker.preparation")
@@ -100,6 +100,19 @@ class OntologyCache:
                 return
             normalized = await self._client.fetch_ontology(model_run_id)
             self._entries[model_run_id] = _Entry(_readable(model_run_id, normalized), now)
+
+    async def refresh_patiently(self, model_run_id: str) -> None:
+        """:meth:`refresh`, retried while Labelbox cannot be reached (``worker.retry.patiently``): the
+        messages that wait for it must not be dropped. Raises the client's other errors."""
+        await patiently(
+            lambda: self.refresh(model_run_id),
+            errors=(TransientError,),
+            event="ontology_fetch_retry",
+            log=log,
+            first_s=1.0,
+            max_s=5.0,
+            model_run_id=model_run_id,
+        )
 
 
 class NeedsFetch(Exception):

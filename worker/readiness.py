@@ -43,8 +43,9 @@ class Readiness:
         """Labelbox is usable: its requests have not been failing for too long."""
         return failing_since is None or now - failing_since < self._unready_after_s
 
-    def report(self, *, live: bool, labelbox_ok: bool, stopping: bool) -> dict[str, bool]:
-        """The ``/readyz`` answer."""
+    def report(self, *, live: bool, labelbox: tuple[float | None, float], stopping: bool) -> dict[str, bool]:
+        """The ``/readyz`` answer; ``labelbox``: the client's ``failing_since`` and the time now."""
+        labelbox_ok = self.labelbox_ok(*labelbox)
         ready = live and self.joined and self.broker_ok and labelbox_ok and not stopping
         return {
             "live": live,

@@ -26,10 +26,10 @@ from aiokafka.errors import KafkaError
 
 from worker.dlq import H_MODEL_RUN, H_REASON, H_REPLAYS, H_SCHEMA_ID, replay_count
 from worker.framing import schema_id_header
+from worker.kafka_clients import make_producer, make_reader
 from worker.logs import configure_command_logs
 from worker.pipeline import EXIT_INTERNAL, EXIT_OK, EXIT_SETTINGS
 from worker.settings import KafkaSettings, SettingsError
-from worker.source import make_producer, make_reader
 
 _IDLE_POLLS_AT_END = 3
 

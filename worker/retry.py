@@ -1,13 +1,15 @@
 """The one retry policy for the worker's own loops (Labelbox's requests have theirs in ``labelbox.py``).
 
 ``patiently`` retries an operation for as long as it fails with one of ``errors``: exponential backoff
-with full jitter between ``first_s`` and ``max_s``, each retry logged as ``event`` (folded by
-``worker.logs`` when it repeats). It never gives up by itself: what it guards must not be dropped
-(a DLQ write, an ontology a message waits for); the caller's task is cancelled when the worker stops.
+with full jitter between ``first_s`` and ``max_s`` (or ``pause_s()`` seconds), each retry logged as
+``event`` (folded by ``worker.logs`` when it repeats). It gives up only when ``give_up`` says so: what it
+guards must not be dropped (a DLQ write, an ontology a message waits for, a commit); the caller's task
+is cancelled when the worker stops. ``until_done`` is the one polling loop (an import, a task).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -31,11 +33,16 @@ async def patiently(
     errors: tuple[type[BaseException], ...],
     event: str,
     log: logging.Logger,
-    first_s: float,
-    max_s: float,
+    first_s: float = 1.0,
+    max_s: float = 30.0,
+    pause_s: Callable[[], float] | None = None,
+    give_up: Callable[[BaseException, int], Awaitable[bool]] | None = None,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     **fields: object,
 ) -> T:
-    """``await call()`` until it does not raise one of ``errors`` (other exceptions propagate)."""
+    """``await call()`` until it does not raise one of ``errors`` (other exceptions propagate).
+
+    ``give_up(error, attempts)`` is asked after each failure; when it says yes, that error is raised."""
 
     def before_sleep(state: RetryCallState) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -43,17 +50,39 @@ async def patiently(
 
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(errors),
-        wait=wait_random_exponential(multiplier=first_s, max=max_s),
+        wait=(lambda _: pause_s()) if pause_s else wait_random_exponential(multiplier=first_s, max=max_s),
         stop=stop_never,
         before_sleep=before_sleep,
+        sleep=sleep,
         reraise=True,
     )
+    attempts = 0
 
     async def attempt() -> T:  # a coroutine function: tenacity calls plain callables synchronously
-        return await call()
+        nonlocal attempts
+        try:
+            return await call()
+        except errors as exc:
+            attempts += 1
+            if give_up is not None and await give_up(exc, attempts):
+                raise _GaveUp(exc) from None
+            raise
 
-    result: T = await retrying(attempt)
-    return result
+    try:
+        result: T = await retrying(attempt)
+    except _GaveUp as stop:
+        error = stop.error
+    else:
+        return result
+    raise error
+
+
+class _GaveUp(Exception):
+    """``give_up`` said so: not retried; ``error`` is raised to the caller."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 S = TypeVar("S")

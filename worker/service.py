@@ -10,14 +10,14 @@ import time
 from collections.abc import Awaitable
 
 from worker.dlq import DeadLetterWriter
-from worker.labelbox import AuthenticationError, LabelboxClient, LabelboxError, TransientError
+from worker.endpoints import OpsServer
+from worker.kafka_clients import make_consumer, make_producer
+from worker.labelbox import AttemptOutcome, AuthenticationError, LabelboxClient, LabelboxError, TransientError
 from worker.logs import configure, ctx
 from worker.metrics import Metrics
 from worker.pipeline import EXIT_AUTH, EXIT_OK, EXIT_SETTINGS, Pipeline
 from worker.preparation import DataRowRegistry, OntologyCache
-from worker.server import OpsServer
 from worker.settings import Settings, SettingsError
-from worker.source import make_consumer, make_producer
 
 log = logging.getLogger("worker.service")
 
@@ -48,7 +48,9 @@ class Service:
         self.metrics.upload_retries.labels(operation, cause).inc()
         log.warning("labelbox_retry", extra=ctx(operation=operation, cause=cause, sleep_s=round(sleep_s, 2)))
 
-    def _labelbox_answered(self, operation: str, outcome: str, started_at: float, rtt_s: float) -> None:
+    def _labelbox_answered(
+        self, operation: str, outcome: AttemptOutcome, started_at: float, rtt_s: float
+    ) -> None:
         if self.pipeline is not None:  # the pipeline's clock is time.monotonic too
             self.pipeline.labelbox_answered(operation, outcome, started_at, rtt_s)
 

@@ -15,6 +15,8 @@ from typing import Literal, Self
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas import MAX_MESSAGE_BYTES
+
 #: Variable prefixes that belong to this worker (an unknown one is an error).
 OWN_PREFIXES = (
     *("KAFKA_", "LABELBOX_", "BATCH_", "UPLOAD_", "BUFFER_", "SHUTDOWN_", "METRICS_", "MESSAGE_"),
@@ -94,7 +96,7 @@ class KafkaSettings(LogSettings):
     kafka_session_timeout_ms: int = Field(45_000, ge=6_000, le=1_800_000, description="group session timeout")
     kafka_max_poll_interval_ms: int = Field(300_000, ge=10_000, description="max time between fetches")
     kafka_dlq_max_message_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="largest DLQ record; a larger value is kept truncated"
+        MAX_MESSAGE_BYTES, ge=1024, description="largest DLQ record; a larger value is kept truncated"
     )
     #: Codec of what the worker produces (DLQ records, replayed records); reading takes every codec.
     kafka_compression_type: Literal["none", "gzip", "snappy", "lz4", "zstd"] = Field(
@@ -161,10 +163,10 @@ class Settings(KafkaSettings, LabelboxSettings):
     )
 
     message_max_bytes: int = Field(
-        16 * 1024 * 1024, ge=1024, description="larger records are rejected (message_too_large)"
+        MAX_MESSAGE_BYTES, ge=1024, description="larger records are rejected (message_too_large)"
     )
     batch_max_rows: int = Field(2000, ge=1, le=500_000, description="NDJSON lines per import")
-    batch_max_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="bytes per import")
+    batch_max_bytes: int = Field(MAX_MESSAGE_BYTES, ge=1024, description="bytes per import")
     batch_linger_s: float = Field(
         2.0, ge=0, le=3600, description="a batch closes this long after its first message at the latest"
     )

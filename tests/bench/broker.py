@@ -15,7 +15,7 @@ from devtools.embedded import create_topics
 from tests.bench.corpus import Corpus
 
 PARTITIONS = 3
-#: The worker's fetch sizes with default settings (worker/source.py), so that the limit fetches alike.
+#: The worker's fetch sizes with default settings (worker/kafka_clients.py), so that the limit fetches alike.
 FETCH_MAX_BYTES = 50 * 1024 * 1024
 PARTITION_FETCH_BYTES = 16 * 1024 * 1024 + 1024
 

@@ -3,16 +3,24 @@ what the consumer cannot decode."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
 import ssl
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import CorruptRecordException, UnsupportedCodecError
+from aiokafka.errors import CorruptRecordException, KafkaError, UnsupportedCodecError
 from aiokafka.helpers import create_ssl_context
 
+from worker.logs import ctx
+from worker.readiness import Readiness
 from worker.settings import KafkaSettings, Settings
+
+log = logging.getLogger("worker.pipeline")  # its events are the fetch stage's and readiness's
+#: How often, and how patiently, the brokers are asked for metadata (readiness).
+BROKER_CHECK_EVERY_S = 5.0
 
 
 def _security(settings: KafkaSettings) -> dict[str, Any]:
@@ -142,11 +150,13 @@ class CorruptBatches:
         self._seen: tuple[TopicPartition, int] | None = None
         self._times = 0
 
-    def failed(self, where: tuple[TopicPartition, int] | None, error: Exception) -> bool:
-        """Record a failed fetch; True when the worker must stop (a missing codec, or too many times)."""
+    def failed(self, where: tuple[TopicPartition, int] | None, error: Exception) -> None:
+        """Record a failed fetch; raises :class:`UndecodableBatch` when the worker must stop (a missing
+        codec, or the same batch too many times)."""
         self._times = self._times + 1 if where == self._seen else 1
         self._seen = where
-        return isinstance(error, UnsupportedCodecError) or self._times >= self._max_fetches
+        if isinstance(error, UnsupportedCodecError) or self._times >= self._max_fetches:
+            raise UndecodableBatch(where, error) from error
 
     def fetched(self, partitions: Collection[TopicPartition]) -> None:
         """A fetch returned records of ``partitions``: one that failed before was passing."""
@@ -156,6 +166,54 @@ class CorruptBatches:
 
 #: Errors that mean a fetched record batch could not be decoded.
 DECODE_ERRORS = (UnsupportedCodecError, CorruptRecordException)
+
+
+async def refetch_or_stop(consumer: AIOKafkaConsumer, corrupt: CorruptBatches, error: Exception) -> None:
+    """A fetch failed to decode a batch: a missing codec stops the worker at once; a CRC failure is
+    fetched again (the fetch position has not moved past it) after a pause, and stops the worker if it
+    persists. Raises :class:`UndecodableBatch` to stop."""
+    where = locate_undecodable(consumer)
+    corrupt.failed(where, error)
+    tp, offset = where if where else (None, None)
+    log.warning(
+        "corrupt_batch_refetch",
+        extra=ctx(topic=tp and tp.topic, partition=tp and tp.partition, offset=offset, error=str(error)),
+    )
+    await asyncio.sleep(0.5)
+
+
+async def watch_brokers(
+    consumer: AIOKafkaConsumer,
+    readiness: Readiness,
+    clock: Callable[[], float],
+    checked: Callable[[], object],
+) -> None:
+    """Readiness: a metadata request every few seconds tells whether the brokers answer.
+
+    An outage is logged twice: ``broker_unreachable`` at the first failed check and ``broker_reachable``
+    with its duration at the next good one (checked every second meanwhile: ready again promptly); the
+    Kafka client's own errors in between are folded by ``worker.logs``. ``checked`` is called after each
+    check (the pipeline's health, which keeps the ``lbworker_ready`` gauge current). Runs until cancelled.
+    """
+    while True:
+        checked_at = clock()
+        error = await brokers_answer(consumer, BROKER_CHECK_EVERY_S)
+        change = readiness.broker_checked(error is None, checked_at, clock())
+        if change is not None and change.reachable:
+            log.warning("broker_reachable", extra=ctx(outage_s=change.outage_s))
+        elif change is not None:
+            log.warning("broker_unreachable", extra=ctx(error=error))
+        checked()
+        await asyncio.sleep(BROKER_CHECK_EVERY_S if error is None else 1.0)
+
+
+async def brokers_answer(consumer: AIOKafkaConsumer, timeout_s: float) -> str | None:
+    """Ask the brokers for metadata: None when they answer within ``timeout_s``, else the error."""
+    try:
+        await asyncio.wait_for(consumer.topics(), timeout=timeout_s)
+    except (TimeoutError, KafkaError) as exc:
+        return str(exc) or type(exc).__name__
+    return None
 
 
 def locate_undecodable(consumer: AIOKafkaConsumer) -> tuple[TopicPartition, int] | None:

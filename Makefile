@@ -18,9 +18,9 @@ run: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest -q
 
-# The inner loop: every test that needs no broker (pure stages, SDK oracle, local HTTP server).
+# The inner loop: tests/unit (pure stages and collaborators over fakes, the SDK oracle; no sockets).
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -m pytest -q tests/unit
 
 # The integration, reliability and replay suites and the Apache-Kafka-only tests, on a real Apache Kafka
 # (tests/apache_kafka.py: needs Java 17+, and Maven the first time on a machine). Lint is `make test`'s.

@@ -23,7 +23,7 @@ import orjson
 from tests.bench.corpus import Corpus
 from tests.bench.sdk_build import sdk_ndjson
 from tests.bench.timing import best_of
-from tests.sdk_oracle import camel_case_keys, comparable
+from tests.support.sdk_oracle import camel_case_keys, comparable
 from worker.convert import convert, encode
 from worker.decode import Message, Rejection, decode
 

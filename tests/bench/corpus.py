@@ -17,7 +17,7 @@ import numpy as np
 import orjson
 from pycocotools import mask as coco_mask
 
-from tests.factories import png_b64
+from tests.support.factories import png_b64
 
 Json = dict[str, Any]
 MASK_SIDE = 64

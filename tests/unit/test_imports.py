@@ -1,0 +1,254 @@
+"""The import round (``worker.imports.ImportRunner``) over a fake Labelbox client and a fake
+settlement: no broker, no HTTP, no sleeping (an injected clock and sleep)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+from aiokafka import TopicPartition
+
+from tests.support.factories import bbox, message
+from worker.batcher import Batch, _stats
+from worker.envelope import Envelope, process_chunk
+from worker.imports import ImportRunner
+from worker.labelbox import (
+    AuthenticationError,
+    Forbidden,
+    ImportState,
+    RequestRejected,
+    RowStatus,
+    StatusUrlExpired,
+    TransientError,
+)
+from worker.metrics import Metrics
+from worker.offsets import PartitionOffsets
+from worker.settings import Settings
+
+TP = TopicPartition("predictions", 0)
+
+
+def settings(**overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "kafka_bootstrap_servers": "127.0.0.1:9",
+        "labelbox_api_key": "k",
+        "upload_concurrency": 1,
+        "labelbox_poll_interval_s": 0.01,
+        **overrides,
+    }
+    return Settings.model_validate(values)
+
+
+def batch_of(count: int, poison: set[int] = frozenset(), run: str = "run-a") -> Batch[Envelope]:  # type: ignore[assignment]
+    tracker = PartitionOffsets(0)
+    envelopes = []
+    for i in range(count):
+        name = "poison" if i in poison else "box"
+        value = orjson.dumps(
+            message(bbox(name=name, bbox={"top": i, "left": 1, "height": 2, "width": 3}), model_run_id=run)
+        )
+        tracker.track(i)
+        envelopes.append(Envelope(TP, i, None, value, 0, tracker))
+    for _, rejection in process_chunk(envelopes, 1 << 20):
+        assert rejection is None
+    batch: Batch[Envelope] = Batch(run, 0.0)
+    for envelope in envelopes:
+        batch.append(envelope, _stats(envelope))
+    return batch
+
+
+@dataclass
+class FakeLabelbox:
+    """Refuses (or FAILs, or keeps failing) any import holding a line of the feature ``poison``."""
+
+    poison: str = "refuse"  # refuse | fail | transient
+    error: Exception | None = None  # raised by every create_import when set
+    expire_urls: int = 0
+    probe_ok: bool = True
+    imports: dict[str, bytes] = field(default_factory=dict)
+    created: list[int] = field(default_factory=list)  # lines per create_import call
+
+    async def create_import(self, model_run_id: str, name: str, payload: bytes) -> ImportState:
+        await asyncio.sleep(0)
+        self.created.append(payload.count(b"\n"))
+        if self.error is not None:
+            raise self.error
+        if b'"poison"' in payload and self.poison == "refuse":
+            raise RequestRejected(
+                "Labelbox refused the request (status 400): bad line", "INTERNAL_SERVER_ERROR"
+            )
+        if b'"poison"' in payload and self.poison == "transient":
+            raise TransientError("Labelbox error INTERNAL_SERVER_ERROR", "graphql")
+        self.imports[name] = payload
+        state = "FAILED" if b'"poison"' in payload and self.poison == "fail" else "RUNNING"
+        return ImportState("id", name, model_run_id, state)
+
+    async def get_import(self, model_run_id: str, name: str) -> ImportState | None:
+        failed = b'"poison"' in self.imports[name] and self.poison == "fail"
+        return ImportState("id", name, model_run_id, "FAILED" if failed else "FINISHED", status_file_url=name)
+
+    async def fetch_statuses(self, url: str) -> list[RowStatus]:
+        if self.expire_urls:
+            self.expire_urls -= 1
+            raise StatusUrlExpired("status file URL answered HTTP 403")
+        lines = self.imports[url].splitlines()
+        return [RowStatus(orjson.loads(line)["uuid"], "SUCCESS") for line in lines]
+
+    async def probe(self) -> bool:
+        return self.probe_ok
+
+
+@dataclass
+class FakeSettlement:
+    settled: list[int] = field(default_factory=list)
+    dead: list[tuple[int, str, str | None]] = field(default_factory=list)
+    failed: list[BaseException] = field(default_factory=list)
+
+    def settle(self, envelope: Envelope) -> None:
+        self.settled.append(envelope.offset)
+
+    async def dead_letter(
+        self, envelope: Envelope, reason: str, errors: Sequence[str], import_name: str | None
+    ) -> None:
+        self.dead.append((envelope.offset, reason, import_name))
+
+    def fail(self, error: BaseException) -> None:
+        self.failed.append(error)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.now += seconds
+        await asyncio.sleep(0)
+
+
+def runner(
+    client: FakeLabelbox, settlement: FakeSettlement, **overrides: Any
+) -> tuple[ImportRunner, Metrics]:
+    metrics = Metrics()
+    clock = Clock()
+    return ImportRunner(
+        settings(**overrides), metrics, client, settlement, clock=clock, sleep=clock.sleep
+    ), metrics
+
+
+@pytest.mark.parametrize("poison", ["refuse", "fail"])
+async def test_bisection_isolates_the_poison_message_at_concurrency_1(poison: str) -> None:
+    client, settlement = FakeLabelbox(poison=poison), FakeSettlement()
+    run, metrics = runner(client, settlement)
+    await asyncio.wait_for(run.upload(batch_of(16, poison={11})), timeout=5)  # no deadlock on one slot
+    reason = "import_rejected" if poison == "refuse" else "import_failed"
+    assert [(o, r) for o, r, _ in settlement.dead] == [(11, reason)]
+    assert sorted(settlement.settled) == [i for i in range(16) if i != 11]
+    bisections = metrics.registry.get_sample_value("lbworker_bisection_imports_total")
+    assert bisections == 8, "2 per level, 4 levels for 16 messages"
+
+
+async def test_the_budget_stops_bisection_and_dead_letters_the_rest() -> None:
+    client, settlement = FakeLabelbox(), FakeSettlement()
+    run, _ = runner(client, settlement, import_bisect_max_imports=2)
+    await run.upload(batch_of(8, poison={0, 7}))
+    assert sorted(o for o, _, _ in settlement.dead) == list(range(8)), "both halves refused, budget spent"
+    assert settlement.settled == []
+
+
+async def test_a_request_refusal_that_is_not_about_content_is_not_bisected() -> None:
+    client = FakeLabelbox(error=RequestRejected("bad query", "GRAPHQL_VALIDATION_FAILED"))
+    settlement = FakeSettlement()
+    run, _ = runner(client, settlement)
+    await run.upload(batch_of(8))
+    assert client.created == [8], "one attempt, no halves"
+    assert {r for _, r, _ in settlement.dead} == {"import_rejected"}
+
+
+async def test_a_forbidden_model_run_is_remembered() -> None:
+    client, settlement = (
+        FakeLabelbox(error=Forbidden("no access to run-a", "AUTHORIZATION_ERROR")),
+        FakeSettlement(),
+    )
+    run, metrics = runner(client, settlement)
+    await run.upload(batch_of(3))
+    await run.upload(batch_of(3))
+    assert client.created == [3], "the second batch never reached Labelbox"
+    assert [r for _, r, _ in settlement.dead] == ["model_run_forbidden"] * 6
+    assert run.refusal("run-a") is not None
+    assert metrics.registry.get_sample_value("lbworker_forbidden_model_runs") == 1
+
+
+async def test_an_unknown_model_run_is_unavailable_and_a_bad_key_fails_the_worker() -> None:
+    client, settlement = (
+        FakeLabelbox(error=RequestRejected("no such run", "RESOURCE_NOT_FOUND")),
+        FakeSettlement(),
+    )
+    run, _ = runner(client, settlement)
+    await run.upload(batch_of(2))
+    assert [r for _, r, _ in settlement.dead] == ["model_run_unavailable"] * 2
+    client.error = AuthenticationError("bad key")
+    await run.upload(batch_of(2))
+    assert len(settlement.failed) == 1
+    assert len(settlement.dead) == 2, "nothing dead-lettered for a bad key"
+
+
+async def test_a_batch_failing_while_labelbox_is_healthy_ends_as_failed_repeatedly() -> None:
+    client, settlement = FakeLabelbox(poison="transient"), FakeSettlement()
+    run, _ = runner(client, settlement, import_max_rounds=2)
+    await run.upload(batch_of(4, poison={2}))
+    assert settlement.dead == [(2, "import_failed_repeatedly", settlement.dead[0][2])]
+    assert sorted(settlement.settled) == [0, 1, 3]
+
+
+async def test_an_outage_keeps_retrying_and_dead_letters_nothing() -> None:
+    client, settlement = (
+        FakeLabelbox(error=TransientError("HTTP 503", "5xx"), probe_ok=False),
+        FakeSettlement(),
+    )
+    run, _ = runner(client, settlement, import_max_rounds=1)
+    task = asyncio.create_task(run.upload(batch_of(4)))
+    for _ in range(200):  # bounded: rounds keep coming while the probe fails
+        await asyncio.sleep(0)
+        if len(client.created) >= 5:
+            break
+    assert len(client.created) >= 5
+    client.error = None
+    await asyncio.wait_for(task, timeout=5)
+    assert settlement.dead == []
+    assert sorted(settlement.settled) == [0, 1, 2, 3]
+
+
+async def test_an_expired_status_url_is_refreshed_by_polling() -> None:
+    client, settlement = FakeLabelbox(expire_urls=2), FakeSettlement()
+    run, _ = runner(client, settlement)
+    await run.upload(batch_of(3))
+    assert sorted(settlement.settled) == [0, 1, 2]
+    client.expire_urls = 5
+    await run.upload(batch_of(3, run="run-b"))
+    assert {r for _, r, _ in settlement.dead} == {"import_status_unavailable"}
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+def test_labelbox_overloads_halve_the_upload_limit_and_uploads_grow_it(adaptive: bool) -> None:
+    client, settlement = FakeLabelbox(), FakeSettlement()
+    run, metrics = runner(client, settlement, upload_concurrency=8, adaptive_concurrency=adaptive)
+
+    def limit() -> float | None:
+        return metrics.registry.get_sample_value("lbworker_upload_concurrency_limit")
+
+    assert limit() == 8
+    run.labelbox_answered("poll_import", "overload", started_at=0.0, rtt_s=0.1)  # any operation's 429
+    assert limit() == (4 if adaptive else 8)
+    run.labelbox_answered("create_import", "overload", started_at=-1.0, rtt_s=0.1)  # began before: stale
+    assert limit() == (4 if adaptive else 8)
+    for _ in range(4):  # a run of successful uploads as long as the limit adds one
+        run.labelbox_answered("create_import", "ok", started_at=1.0, rtt_s=0.1)
+    run.labelbox_answered("status_file", "ok", started_at=1.0, rtt_s=0.1)  # not an upload: no signal
+    assert limit() == (5 if adaptive else 8)

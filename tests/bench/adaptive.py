@@ -7,10 +7,11 @@ answering 429 + Retry-After beyond it. Imports take ``processing_delay_s`` to fi
 each one costs a create, a few polls and a status-file read, and the fleet's ``replicas x
 UPLOAD_CONCURRENCY`` imports in flight ask for more than the bucket gives.
 
-For each mode (``ADAPTIVE_CONCURRENCY=false``, then ``true``) the fleet starts on a fresh group and an
-empty topic; once every replica is ready, two rounds of ``messages`` fresh messages are produced and
-timed from the first send until every partition is committed: first with no limit, then under the
-limit (the adaptive limit starts each mode at its maximum, as a fresh worker does). Measured per round:
+For each mode (``ADAPTIVE_CONCURRENCY=false`` and ``true``; which goes first alternates over repeats)
+the fleet starts on a fresh group and an empty topic; once every replica is ready, two rounds of
+``messages`` fresh messages are produced and timed from the first send until every partition is
+committed: first with no limit, then under the limit (the adaptive limit starts each mode at its
+maximum, as a fresh worker does). Measured per round:
 
 - throughput: predictions imported per second (the sandbox must then hold every one of them);
 - the share of 429 answers: the server's own count (refused / (admitted + refused) requests of the
@@ -120,7 +121,8 @@ class _Sandbox(SandboxProcess):
 
 
 async def run_adaptive(plan: AdaptivePlan, log_dir: Path) -> list[Round]:
-    """Both modes, ``plan.repeats`` times (interleaved), on a broker and a server of their own."""
+    """Both modes, ``plan.repeats`` times (interleaved, which goes first alternating), on a broker and a
+    server of their own."""
     with (
         EmbeddedBroker(log_path=str(log_dir / "adaptive-broker.log")) as broker,
         _Sandbox(log_dir / "adaptive-sandbox.log", plan.processing_delay_s) as sandbox,
@@ -128,7 +130,7 @@ async def run_adaptive(plan: AdaptivePlan, log_dir: Path) -> list[Round]:
         pool = build(600, runs=3, masks=False, seed=17)
         rounds: list[Round] = []
         for attempt in range(plan.repeats):
-            for adaptive in (False, True):
+            for adaptive in (False, True) if attempt % 2 == 0 else (True, False):  # no order bias
                 rounds += await _run_mode(plan, broker.bootstrap, sandbox, pool, adaptive, attempt, log_dir)
         return rounds
 

@@ -8,7 +8,11 @@ and **grows by one** after a run of successes; it never leaves ``[1, maximum]``.
 
 An overload signal from a request that was sent before the last decrease is not counted again: it
 tells of the congestion that decrease already answered (the concurrent requests of one burst would
-otherwise halve the limit once each, down to 1).
+otherwise halve the limit once each, down to 1). Nor is one that comes while more imports are still in
+flight than the lowered limit: a lowered limit takes effect only as imports finish, and until then
+the imports admitted before it keep sending requests (their polls) at the old rate, so their 429s too
+tell of that same congestion (counted, they would halve the limit again and again, down to 1, while
+the load has not yet changed).
 
 :class:`AimdController` is pure: no awaits, no I/O; time only from the injected clock.
 :class:`AdaptiveLimiter` is the asyncio shell that callers acquire and release around each import.
@@ -84,14 +88,16 @@ class AimdController:
         """The controller's clock: stamp a request's start with it (``started_at``)."""
         return self._clock()
 
-    def on_success(self, rtt_s: float | None = None, started_at: float | None = None) -> None:
+    def on_success(
+        self, rtt_s: float | None = None, started_at: float | None = None, in_flight: int | None = None
+    ) -> None:
         """A request succeeded, in ``rtt_s`` seconds if measured. A round-trip time over
         ``rtt_jump_factor`` times the baseline counts as an overload; otherwise it is a success."""
         jumped = rtt_s is not None and self._jumped(rtt_s)
         if rtt_s is not None:
             self._fold(rtt_s)
         if jumped:
-            self.on_overload(started_at)
+            self.on_overload(started_at, in_flight)
             return
         self._run += 1
         if self._run >= (self._growth_run or self._limit):
@@ -99,15 +105,16 @@ class AimdController:
             if self.adaptive:
                 self._limit = min(self.maximum, self._limit + 1)
 
-    def on_overload(self, started_at: float | None = None) -> None:
+    def on_overload(self, started_at: float | None = None, in_flight: int | None = None) -> None:
         """A 429, a 5xx (or a round-trip jump): halve the limit, unless the request started before
-        the last decrease (``started_at`` on this clock; None: always counted)."""
+        the last decrease (``started_at`` on this clock; None: always counted) or that decrease has
+        not taken effect yet (``in_flight``, the holders now, above the limit; None: not known)."""
         self._run = 0
         stale = (
             started_at is not None
             and self._last_decrease_at is not None
             and started_at < self._last_decrease_at
-        )
+        ) or (in_flight is not None and in_flight > self._limit)
         if stale or not self.adaptive:
             return
         self._limit = max(1, self._limit // 2)
@@ -197,15 +204,15 @@ class AdaptiveLimiter:
             self.release()
 
     def record_success(self, rtt_s: float | None = None, started_at: float | None = None) -> None:
-        """See :meth:`AimdController.on_success`."""
+        """See :meth:`AimdController.on_success` (with the holders now as ``in_flight``)."""
         before = self.limit
-        self.controller.on_success(rtt_s, started_at)
+        self.controller.on_success(rtt_s, started_at, self._in_flight)
         self._moved_from(before)
 
     def record_overload(self, started_at: float | None = None) -> None:
-        """See :meth:`AimdController.on_overload`."""
+        """See :meth:`AimdController.on_overload` (with the holders now as ``in_flight``)."""
         before = self.limit
-        self.controller.on_overload(started_at)
+        self.controller.on_overload(started_at, self._in_flight)
         self._moved_from(before)
 
     def _moved_from(self, before: int) -> None:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from devtools.embedded import EmbeddedBroker
 from tests.apache_kafka import KAFKA_VERSION, ApacheKafka
+from tests.bench.adaptive import AdaptivePlan, report, run_adaptive
 from tests.bench.conversion import run_conversion
 from tests.bench.corpus import build
 from tests.bench.end_to_end import LINGER_S, POLL_INTERVAL_S, EndToEndResult, Setup, run_end_to_end
@@ -77,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip the end-to-end phase on Apache Kafka (it needs Java 17+, and Maven the first time)",
     )
+    parser.add_argument(
+        "--no-adaptive",
+        action="store_true",
+        help="skip adaptive vs fixed upload concurrency (alone: python -m tests.bench.adaptive)",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     started = time.monotonic()
@@ -85,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     log_dir = Path(tempfile.mkdtemp(prefix="lbworker-bench-"))
     try:
         figures += asyncio.run(service_phases(plan, log_dir))
+        if not args.no_adaptive:
+            adaptive_phase(log_dir, quick=args.quick)
         if not args.no_apache_kafka:
             asyncio.run(apache_kafka_phase(plan, log_dir))
     except BaseException:
@@ -164,6 +172,16 @@ async def e2e_phase(plan: Plan, setup: Setup, title: str | None = None) -> list[
     if not e2e_passed(result):
         raise SystemExit("end to end: the sandbox does not hold every prediction, or the worker failed")
     return e2e_figures(result)
+
+
+def adaptive_phase(log_dir: Path, quick: bool) -> None:
+    """Adaptive upload concurrency against the fixed setting (tests/bench/adaptive.py): reported, not in
+    the summary (its claims are not ratios against a reference)."""
+    plan = AdaptivePlan(messages=300) if quick else AdaptivePlan()
+    progress(f"adaptive concurrency: {plan.replicas} replicas, {plan.messages} messages per round")
+    report(
+        plan, asyncio.run(run_adaptive(plan, log_dir)), "4. Adaptive upload concurrency under a rate limit"
+    )
 
 
 def e2e_description(result: EndToEndResult, plan: Plan, tansu: bool = True) -> str:

@@ -81,6 +81,38 @@ def test_signals_from_requests_sent_before_the_last_decrease_count_once() -> Non
     assert aimd.limit == 4
 
 
+def test_signals_while_the_last_decrease_is_still_draining_count_once() -> None:
+    """Imports admitted before a decrease keep polling until they finish: their 429s, even from requests
+    sent after the decrease, tell of the congestion it answered (the bench's fleet under a token bucket
+    otherwise fell to 1 import in flight per replica and left the bucket unused)."""
+    aimd, clock = controller(8)
+    aimd.on_overload(in_flight=8)
+    assert aimd.limit == 4
+    clock.t += 0.5
+    for in_flight in (8, 7, 5):  # polls of the old imports, sent after the decrease
+        aimd.on_overload(started_at=clock.t, in_flight=in_flight)
+    assert aimd.limit == 4, "the lowered limit has not taken effect yet"
+    aimd.on_overload(started_at=clock.t, in_flight=4)
+    assert aimd.limit == 2, "at the lowered limit, a 429 halves it again"
+    clock.t += 0.5
+    aimd.on_success(rtt_s=0.01, started_at=clock.t, in_flight=3)
+    assert aimd.limit == 2, "a success while draining is still a success (no overload from it)"
+
+
+async def test_the_limiter_reports_its_holders_with_each_signal() -> None:
+    slots, changes = limiter(4)
+    for _ in range(4):
+        await slots.acquire()
+    slots.record_overload()
+    slots.record_overload(started_at=slots.now() + 1)  # sent after the decrease, but 4 still hold slots
+    assert slots.limit == 2
+    for _ in range(2):
+        slots.release()
+    slots.record_overload(started_at=slots.now() + 2)
+    assert slots.limit == 1
+    assert changes == [4, 2, 1]
+
+
 def test_a_round_trip_jump_over_the_baseline_halves_it() -> None:
     aimd, clock = controller(8, growth_run=100)
     for _ in range(5):

@@ -1,5 +1,9 @@
 """Pure conversion: a validated prediction message -> Labelbox NDJSON lines.
 
+A typed message is either the fast path's plain structs (``worker.plain``) or the pydantic models
+(when pydantic accepted what the fast path left to it): both have the same attribute names and a
+``type`` on every prediction and question, which is all the helpers here read.
+
 No I/O, no clock, no randomness: the same message always yields the same lines, byte for byte.
 A prediction without a ``uuid`` gets one derived (UUID v5 layout over SHA-1) from the model run,
 its position in the message and its NDJSON content, which includes the data row.
@@ -15,27 +19,10 @@ from typing import Any
 
 import orjson
 
-from schemas import (
-    Answer,
-    BBoxPrediction,
-    Checklist,
-    ChecklistPrediction,
-    ConfusionMatrixMetric,
-    CustomMetric,
-    MaskPrediction,
-    NdjsonMessage,
-    PointPrediction,
-    PolygonPrediction,
-    PolylinePrediction,
-    PredictionMessage,
-    Radio,
-    RadioPrediction,
-    ScalarMetric,
-    TextPrediction,
-)
+from schemas import NdjsonMessage
 from schemas import ndjson as nd
 from schemas.masks import PngMask, RleMask, UrlMask
-from schemas.predictions import Classification, Point, Prediction
+from worker.plain import METRIC_KINDS, feature_key
 
 Json = dict[str, Any]
 _UUID_NAMESPACE = uuid.UUID("6f0e7f4e-3b1e-5d2c-9a57-4c1f0d6b2a10").bytes
@@ -99,12 +86,17 @@ def _finish(
 # --- nested parts -------------------------------------------------------------------------------
 
 
-def _metrics(metrics: list[CustomMetric]) -> list[Json]:
+def _ref(item: Any) -> Json:
+    """The NDJSON feature reference: ``{"name": …}`` or ``{"schemaId": …}``."""
+    return {"name": item.name} if item.name is not None else {"schemaId": item.schema_id}
+
+
+def _metrics(metrics: list[Any]) -> list[Json]:
     return [{"name": m.name, "value": m.value} for m in metrics]
 
 
-def _answer(answer: Answer) -> Json:
-    out = answer.ref_json()
+def _answer(answer: Any) -> Json:
+    out = _ref(answer)
     if answer.confidence is not None:
         out["confidence"] = answer.confidence
     if answer.classifications:
@@ -114,12 +106,13 @@ def _answer(answer: Answer) -> Json:
     return out
 
 
-def classification(item: Classification) -> Json:
+def classification(item: Any) -> Json:
     """A classification in its nested form (under an object or an answer, or a line's core)."""
-    out = item.ref_json()
-    if isinstance(item, Radio):
+    out = _ref(item)
+    kind = item.type
+    if kind == "radio":
         out["answer"] = _answer(item.answer)
-    elif isinstance(item, Checklist):
+    elif kind == "checklist":
         out["answer"] = [_answer(a) for a in item.answers]
     else:
         out["answer"] = item.answer
@@ -130,11 +123,11 @@ def classification(item: Classification) -> Json:
     return out
 
 
-def _points(points: list[Point]) -> list[Json]:
+def _points(points: list[Any]) -> list[Json]:
     return [{"x": p.x, "y": p.y} for p in points]
 
 
-def _closed(points: list[Point]) -> list[Json]:
+def _closed(points: list[Any]) -> list[Json]:
     ring = _points(points)
     return ring if ring[0] == ring[-1] else [*ring, ring[0]]
 
@@ -146,14 +139,15 @@ def _mask(mask: PngMask | UrlMask | RleMask) -> Json:
 
 
 def _geometry(prediction: Any) -> tuple[str, Any]:
-    if isinstance(prediction, BBoxPrediction):
+    kind = prediction.type
+    if kind == "bbox":
         b = prediction.bbox
         return "bbox", {"top": b.top, "left": b.left, "height": b.height, "width": b.width}
-    if isinstance(prediction, PointPrediction):
+    if kind == "point":
         return "point", {"x": prediction.point.x, "y": prediction.point.y}
-    if isinstance(prediction, PolylinePrediction):
+    if kind == "polyline":
         return "line", _points(prediction.line)
-    if isinstance(prediction, PolygonPrediction):
+    if kind == "polygon":
         return "polygon", _closed(prediction.polygon)
     return "mask", _mask(prediction.mask)
 
@@ -166,7 +160,7 @@ def _threshold_key(threshold: float) -> str:
 
 
 def _object_body(data_row: Json, prediction: Any) -> Json:
-    body: Json = {"dataRow": data_row, **prediction.ref_json()}
+    body: Json = {"dataRow": data_row, **_ref(prediction)}
     if prediction.confidence is not None:
         body["confidence"] = prediction.confidence
     if prediction.custom_metrics:
@@ -181,7 +175,7 @@ def _classification_body(data_row: Json, prediction: Any) -> Json:
     return {"dataRow": data_row, **classification(prediction)}
 
 
-def _scalar_body(data_row: Json, metric: ScalarMetric) -> Json:
+def _scalar_body(data_row: Json, metric: Any) -> Json:
     value = metric.value
     body: Json = {
         "dataRow": data_row,
@@ -190,7 +184,7 @@ def _scalar_body(data_row: Json, metric: ScalarMetric) -> Json:
     return _metric_names(body, metric, metric.aggregation)
 
 
-def _confusion_body(data_row: Json, metric: ConfusionMatrixMetric) -> Json:
+def _confusion_body(data_row: Json, metric: Any) -> Json:
     value = metric.value
     body: Json = {
         "dataRow": data_row,
@@ -201,7 +195,7 @@ def _confusion_body(data_row: Json, metric: ConfusionMatrixMetric) -> Json:
     return _metric_names(body, metric, "CONFUSION_MATRIX")
 
 
-def _metric_names(body: Json, metric: ScalarMetric | ConfusionMatrixMetric, aggregation: str) -> Json:
+def _metric_names(body: Json, metric: Any, aggregation: str) -> Json:
     if metric.metric_name is not None:
         body["metricName"] = metric.metric_name
     if metric.feature_name is not None:
@@ -212,19 +206,18 @@ def _metric_names(body: Json, metric: ScalarMetric | ConfusionMatrixMetric, aggr
     return body
 
 
-_BODY: dict[type[Any], Callable[[Json, Any], Json]] = {
-    BBoxPrediction: _object_body,
-    PointPrediction: _object_body,
-    PolylinePrediction: _object_body,
-    PolygonPrediction: _object_body,
-    MaskPrediction: _object_body,
-    RadioPrediction: _classification_body,
-    ChecklistPrediction: _classification_body,
-    TextPrediction: _classification_body,
-    ScalarMetric: _scalar_body,
-    ConfusionMatrixMetric: _confusion_body,
+_BODY: dict[str, Callable[[Json, Any], Json]] = {
+    "bbox": _object_body,
+    "point": _object_body,
+    "polyline": _object_body,
+    "polygon": _object_body,
+    "mask": _object_body,
+    "radio": _classification_body,
+    "checklist": _classification_body,
+    "text": _classification_body,
+    "scalar_metric": _scalar_body,
+    "confusion_matrix_metric": _confusion_body,
 }
-_METRICS = (ScalarMetric, ConfusionMatrixMetric)
 _ND_KINDS: dict[type[Any], str] = {
     nd.NdBBoxLine: "bbox",
     nd.NdPointLine: "point",
@@ -237,11 +230,12 @@ _ND_KINDS: dict[type[Any], str] = {
 }
 
 
-def prediction_line(model_run_id: str, data_row: Json, index: int, prediction: Prediction) -> NdjsonLine:
-    """The NDJSON line of one typed prediction."""
-    body = _BODY[type(prediction)](data_row, prediction)
-    feature = None if isinstance(prediction, _METRICS) else prediction.feature_key()
-    return _finish(model_run_id, index, prediction.uuid, body, feature, prediction.type)
+def prediction_line(model_run_id: str, data_row: Json, index: int, prediction: Any) -> NdjsonLine:
+    """The NDJSON line of one typed prediction (a plain struct or a pydantic model)."""
+    kind: str = prediction.type
+    body = _BODY[kind](data_row, prediction)
+    feature = None if kind in METRIC_KINDS else feature_key(prediction)
+    return _finish(model_run_id, index, prediction.uuid, body, feature, kind)
 
 
 def _ndjson_line(model_run_id: str, index: int, line: Any) -> NdjsonLine:
@@ -254,12 +248,17 @@ def _ndjson_line(model_run_id: str, index: int, line: Any) -> NdjsonLine:
     return _finish(model_run_id, index, uuid.UUID(given) if given else None, body, feature, kind)
 
 
-def convert(message: PredictionMessage | NdjsonMessage) -> list[NdjsonLine]:
-    """All NDJSON lines of one validated message, in message order."""
+def _data_row(ref: Any) -> dict[str, str]:
+    """The NDJSON ``dataRow`` object."""
+    return {"globalKey": ref.global_key} if ref.global_key is not None else {"id": ref.id}
+
+
+def convert(message: Any) -> list[NdjsonLine]:
+    """All NDJSON lines of one validated message (``worker.decode.Message``), in message order."""
     run = message.model_run_id
     if isinstance(message, NdjsonMessage):
         return [_ndjson_line(run, i, line) for i, line in enumerate(message.ndjson)]
-    data_row = message.data_row.to_json()
+    data_row = _data_row(message.data_row)
     return [prediction_line(run, data_row, i, p) for i, p in enumerate(message.predictions)]
 
 

@@ -7,18 +7,17 @@ code (see ``schemas.errors``) and whose ``errors`` name the field paths.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import orjson
 from pydantic import ValidationError
 
 from schemas import MAX_MESSAGE_BYTES, MESSAGE_ADAPTER, NdjsonMessage, PredictionMessage
 from schemas.errors import summarize
-from worker.plain import decode_fast
+from worker import plain
 
 #: A decoded message: the fast path's plain struct (``worker.plain.PredictionMessage``, typed format),
 #: or a pydantic model when pydantic accepted what the fast path left to it (NDJSON format, lax input).
-Message = PredictionMessage | NdjsonMessage | Any
+Message = plain.PredictionMessage | PredictionMessage | NdjsonMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,7 +40,7 @@ def decode(value: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Message |
         return Rejection("empty_message", ["the record has no value"])
     if len(value) > max_bytes:
         return Rejection("message_too_large", [f"{len(value)} bytes exceeds the limit of {max_bytes} bytes"])
-    fast = decode_fast(value)
+    fast = plain.decode_fast(value)
     if fast is not None:
         return fast
     try:

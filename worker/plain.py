@@ -74,13 +74,19 @@ class _Struct(msgspec.Struct, forbid_unknown_fields=True, kw_only=True, gc=False
     pass
 
 
-class PredictionMessage(_Struct):
+class PredictionMessage(_Struct, kw_only=True):
     """A typed-format message (``schemas.message.PredictionMessage``) validated by the fast path.
 
     The class of both families (strings checked by regex or not); its fields are theirs.
     """
 
     payload_key: ClassVar[PayloadKey] = "predictions"
+
+    # declared for readers of a decoded message; each family redeclares them with their constraints
+    model_run_id: str
+    message_id: str | None = None
+    data_row: Any
+    predictions: list[Any]
 
 
 def _family(checked: bool) -> Any:  # noqa: C901 - one struct per contract model, defined together

@@ -298,3 +298,13 @@ def test_textual_mutations_agree_with_pydantic(model: PredictionMessage, data: s
     for _ in range(at + 1):
         start = text.index(key, start + 1)
     agree((text[: start + len(key)] + insert + key + text[start + len(key) :]).encode())
+
+
+NUMBER_SPELLINGS = ["1.", ".5", "+1", "1e", "01", "-01", "1E+0", "0.0e-0", "1e5", "1E-5", "0x10"]
+NUMBER_SPELLINGS += ["Infinity", "-Infinity", "NaN", "1_0", "1.5e308", "1e309", "-0", "  1  ", "true", '"1"']
+
+
+@pytest.mark.parametrize("number", NUMBER_SPELLINGS)
+def test_number_spellings_agree_with_pydantic(number: str) -> None:
+    point = '{"type":"point","name":"p","point":{"x":' + number + ',"y":2}}'
+    agree((BASE % point).encode())

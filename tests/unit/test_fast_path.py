@@ -308,3 +308,18 @@ NUMBER_SPELLINGS += ["Infinity", "-Infinity", "NaN", "1_0", "1.5e308", "1e309", 
 def test_number_spellings_agree_with_pydantic(number: str) -> None:
     point = '{"type":"point","name":"p","point":{"x":' + number + ',"y":2}}'
     agree((BASE % point).encode())
+
+
+def test_an_unforeseen_error_in_the_fast_path_leaves_the_verdict_to_pydantic(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Exploding:
+        def validate_json(self, data: bytes) -> Any:
+            raise RuntimeError("not a ValueError")
+
+    value = orjson.dumps(message(*every_type()))
+    monkeypatch.setattr("worker.plain.MASK_ADAPTER", Exploding())
+    assert decode_fast(value) is None
+    decoded = decode(value)
+    assert isinstance(decoded, PredictionMessage)  # pydantic's model, converted as before
+    assert encode(convert(decoded)) == encode(convert(MESSAGE_ADAPTER.validate_json(value)))

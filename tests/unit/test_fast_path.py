@@ -323,3 +323,42 @@ def test_an_unforeseen_error_in_the_fast_path_leaves_the_verdict_to_pydantic(
     decoded = decode(value)
     assert isinstance(decoded, PredictionMessage)  # pydantic's model, converted as before
     assert encode(convert(decoded)) == encode(convert(MESSAGE_ADAPTER.validate_json(value)))
+
+
+def test_the_structs_have_the_fields_of_the_pydantic_models() -> None:
+    # a field added to a contract model and not here would send every message using it to pydantic
+    import schemas
+
+    questions = [
+        {"type": "checklist", "name": "c", "answers": [{"name": "a"}]},
+        {"type": "text", "name": "t", "answer": "x"},
+    ]
+    decoded = decode_fast(orjson.dumps(message(*every_type(), bbox(classifications=questions))))
+    assert decoded is not None
+    pairs: list[tuple[Any, Any]] = [
+        (decoded, schemas.PredictionMessage),
+        (decoded.data_row, schemas.DataRowRef),
+    ]
+    models = {
+        "bbox": schemas.BBoxPrediction,
+        "point": schemas.PointPrediction,
+        "polyline": schemas.PolylinePrediction,
+        "polygon": schemas.PolygonPrediction,
+        "mask": schemas.MaskPrediction,
+        "radio": schemas.RadioPrediction,
+        "checklist": schemas.ChecklistPrediction,
+        "text": schemas.TextPrediction,
+        "scalar_metric": schemas.ScalarMetric,
+        "confusion_matrix_metric": schemas.ConfusionMatrixMetric,
+    }
+    nested = {"radio": schemas.Radio, "checklist": schemas.Checklist, "text": schemas.Text}
+    for prediction in decoded.predictions:
+        pairs.append((prediction, models[prediction.type]))
+        for question in getattr(prediction, "classifications", []):
+            pairs.append((question, nested[question.type]))
+            for answer in [getattr(question, "answer", None), *getattr(question, "answers", [])]:
+                if answer is not None and not isinstance(answer, str):
+                    pairs.append((answer, schemas.Answer))
+    assert {model for _, model in pairs} >= {*models.values(), *nested.values(), schemas.Answer}
+    for struct, model in pairs:
+        assert set(type(struct).__struct_fields__) == set(model.model_fields) - {"type"}, model

@@ -2,7 +2,9 @@
 
 No I/O, no clock, no randomness: the same message always yields the same lines, byte for byte.
 A prediction without a ``uuid`` gets one derived (UUID v5 layout over SHA-1) from the model run,
-its position in the message and its NDJSON content, which includes the data row.
+its position in the message and its NDJSON content, which includes the data row. For an inline mask
+(PNG or RLE) the content is the line without its PNG, then the mask's pixels (shape and packed bits,
+``pixel_key``): never the PNG bytes, which an encoder change would change.
 """
 
 from __future__ import annotations
@@ -87,13 +89,36 @@ def derive_uuid(model_run_id: str, index: int, content: bytes) -> str:
 
 
 def _finish(
-    model_run_id: str, index: int, given: uuid.UUID | None, body: Json, feature: str | None, kind: str
+    model_run_id: str,
+    index: int,
+    given: uuid.UUID | None,
+    body: Json,
+    feature: str | None,
+    kind: str,
+    pixels: Callable[[], bytes] | None = None,
 ) -> NdjsonLine:
+    """The line of ``body``. ``pixels``: an inline mask's ``pixel_key``, called only when the uuid is
+    derived, for the mask's place in the uuid's content."""
     content = orjson.dumps(body)
-    line_uuid = str(given) if given is not None else derive_uuid(model_run_id, index, content)
+    if given is not None:
+        line_uuid = str(given)
+    elif pixels is None:
+        line_uuid = derive_uuid(model_run_id, index, content)
+    else:
+        line_uuid = derive_uuid(model_run_id, index, mask_uuid_content(body, pixels()))
     data = b'{"uuid":"' + line_uuid.encode() + b'",' + content[1:]
     row_kind, row = next(iter(body["dataRow"].items()))
     return NdjsonLine(line_uuid, row, feature, data, kind, row_kind)
+
+
+def mask_uuid_content(body: Json, pixels: bytes) -> bytes:
+    """What a mask line's uuid derives from: its NDJSON without ``mask``, a separator, its pixels."""
+    rest = orjson.dumps({key: value for key, value in body.items() if key != "mask"})
+    return rest + b"\x1fmask\x1f" + pixels
+
+
+def _pixels(mask: Any) -> Callable[[], bytes] | None:
+    return mask.pixel_key if isinstance(mask, PngMask | RleMask) else None
 
 
 # --- nested parts -------------------------------------------------------------------------------
@@ -241,17 +266,20 @@ def prediction_line(model_run_id: str, data_row: Json, index: int, prediction: P
     """The NDJSON line of one typed prediction."""
     body = _BODY[type(prediction)](data_row, prediction)
     feature = None if isinstance(prediction, _METRICS) else prediction.feature_key()
-    return _finish(model_run_id, index, prediction.uuid, body, feature, prediction.type)
+    pixels = _pixels(prediction.mask) if isinstance(prediction, MaskPrediction) else None
+    return _finish(model_run_id, index, prediction.uuid, body, feature, prediction.type, pixels)
 
 
 def _ndjson_line(model_run_id: str, index: int, line: Any) -> NdjsonLine:
     body = line.model_dump(mode="json", exclude_unset=True)
+    pixels = None
     if isinstance(line, nd.NdMaskLine) and isinstance(line.mask, PngMask):
         body["mask"]["png"] = line.mask.png01_base64()  # Labelbox takes 8-bit PNGs of 0/1 only
+        pixels = line.mask.pixel_key
     given = body.pop("uuid", None)
     feature = None if "metricValue" in body else (body.get("name") or f"schemaId:{body.get('schemaId')}")
     kind = _ND_KINDS.get(type(line), "unknown")
-    return _finish(model_run_id, index, uuid.UUID(given) if given else None, body, feature, kind)
+    return _finish(model_run_id, index, uuid.UUID(given) if given else None, body, feature, kind, pixels)
 
 
 def convert(message: PredictionMessage | NdjsonMessage) -> list[NdjsonLine]:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import hashlib
 import uuid
 
-from worker.convert import _UUID_NAMESPACE, derive_uuid
+import numpy as np
+
+from schemas import MESSAGE_ADAPTER, PredictionMessage
+from schemas.masks import mask_to_rle_counts
+from tests.support.factories import message, png_b64
+from worker.convert import _UUID_NAMESPACE, convert, derive_uuid
 
 
 def test_derived_uuid_is_a_version_5_uuid_of_the_documented_input() -> None:
@@ -24,3 +29,21 @@ def test_a_known_value_never_changes() -> None:
     # Changing this value re-keys every prediction already imported: redelivered messages would
     # duplicate instead of replacing. Only change it with a migration plan.
     assert derive_uuid("run", 0, b"{}") == "d3e064c2-02db-58e9-a3b0-e30046daee49"
+
+
+def test_a_known_mask_uuid_never_changes() -> None:
+    # A mask line's derived uuid comes from its pixels (shape, packed bits), not its PNG bytes, since
+    # issue 15 (which changed it once: a mask message redelivered across that upgrade was imported again
+    # under the new uuid). The same rule as above: only change it with a migration plan.
+    inside = np.zeros((6, 10), dtype=np.uint8)
+    inside[1:4, 2:9] = 1
+    sources = [
+        {"png": png_b64(inside)},
+        {"png": png_b64(inside * 255)},
+        {"rle": {"size": [6, 10], "counts": mask_to_rle_counts(inside.astype(bool))}},
+    ]
+    for source in sources:
+        prediction = {"type": "mask", "name": "mk", "confidence": 0.5, "mask": source}
+        parsed = MESSAGE_ADAPTER.validate_python(message(prediction))
+        assert isinstance(parsed, PredictionMessage)
+        assert convert(parsed)[0].uuid == "933659c1-3dfe-51ce-9297-5888b95e0bc0"

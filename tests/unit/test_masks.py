@@ -77,6 +77,19 @@ def test_numpy_rle_decoder_matches_pycocotools_and_the_python_decoder() -> None:
     assert long_strings > 50  # the numpy path was exercised, not only the short-string one
 
 
+def test_large_masks_decode_like_pycocotools() -> None:
+    # From 256 x 256 pixels the transposition goes tile by tile: shapes not a multiple of the tile.
+    rng = np.random.default_rng(RNG_SEED)
+    for height, width in ((256, 256), (300, 700), (1000, 333), (1024, 1024), (65, 2049)):
+        inside = rng.random((height, width)) < 0.5
+        inside[: height // 2] = rng.random((1, width)) < 0.5  # long runs too
+        text = _coco_string(inside)
+        mask = Rle(size=(height, width), counts=text).inside()
+        assert mask.flags.c_contiguous
+        np.testing.assert_array_equal(mask, coco.decode({"size": [height, width], "counts": text}))
+        np.testing.assert_array_equal(rle_to_mask(height, width, mask_to_rle_counts(inside)), inside)
+
+
 def _mangled(rng: np.random.Generator, text: str) -> str:
     """A COCO string with one random defect (or none)."""
     chars = list(text)

@@ -12,8 +12,6 @@ from tests.bench.timing import rate
 
 CONVERSION_VS_SDK = Target(10)
 CONVERSION_VS_LIMIT = Target(0.5)
-#: Issue 15's floor on the mask-heavy corpus is only against the SDK; against orjson it is reported.
-CONVERSION_VS_LIMIT_MASKS = Target(0.3)
 E2E_VS_SDK = Target(20)
 E2E_VS_LIMIT = Target(0.5)
 #: "Independent of backlog": 3x the backlog may cost at most 20% more peak RSS (the bench's threshold).
@@ -68,28 +66,33 @@ def corpora_table(results: list[tuple[str, ConversionResult]]) -> str:
     return table([*headers, "ours ÷ SDK", "ours ÷ orjson"], rows)
 
 
-def conversion_figures(
-    result: ConversionResult, corpus: str = "", limit_target: Target = CONVERSION_VS_LIMIT
-) -> list[Figure]:
+def conversion_figures(result: ConversionResult, corpus: str = "") -> list[Figure]:
+    """Ours against the SDK path and against the orjson floor; on the mask-heavy corpus (``corpus``
+    given) against the SDK only: orjson copies a mask's base64 where we decode, check and re-encode it,
+    so that ratio (in the corpora table) is no target."""
     ours = rate(result.predictions, result.ours_s)
     sdk, limit = rate(result.predictions, result.sdk_s), rate(result.predictions, result.limit_s)
     suffix = f" ({corpus})" if corpus else ""
-    return [
+    figures = [
         Figure(
             f"conversion vs Labelbox SDK{suffix}",
             per_s(ours, "pred"),
             per_s(sdk, "pred"),
             ours / sdk,
             CONVERSION_VS_SDK,
-        ),
-        Figure(
-            f"conversion vs orjson limit{suffix}",
-            per_s(ours, "pred"),
-            per_s(limit, "pred"),
-            ours / limit,
-            limit_target,
-        ),
+        )
     ]
+    if not corpus:
+        figures.append(
+            Figure(
+                "conversion vs orjson limit",
+                per_s(ours, "pred"),
+                per_s(limit, "pred"),
+                ours / limit,
+                CONVERSION_VS_LIMIT,
+            )
+        )
+    return figures
 
 
 # --- end to end ----------------------------------------------------------------------------------

@@ -78,9 +78,10 @@ def test_numpy_rle_decoder_matches_pycocotools_and_the_python_decoder() -> None:
 
 
 def test_large_masks_decode_like_pycocotools() -> None:
-    # From 256 x 256 pixels the transposition goes tile by tile: shapes not a multiple of the tile.
+    # Heights that are multiples of 128, and huge masks, are transposed tile by tile: shapes that are
+    # not multiples of the tile, and one that is not tiled (1000 x 333).
     rng = np.random.default_rng(RNG_SEED)
-    for height, width in ((256, 256), (300, 700), (1000, 333), (1024, 1024), (65, 2049)):
+    for height, width in ((256, 256), (384, 700), (1000, 333), (1024, 1024), (128, 2049), (2100, 2100)):
         inside = rng.random((height, width)) < 0.5
         inside[: height // 2] = rng.random((1, width)) < 0.5  # long runs too
         text = _coco_string(inside)

@@ -150,31 +150,42 @@ def rle_counts_from_string(text: str) -> list[int] | Counts:
     and any with a run longer than a mask can be go through the pure-Python decoder (a list), so
     the errors and the sums are exactly its own.
     """
-    if len(text) < _RLE_NUMPY_MIN_CHARS or not text.isascii():
-        return _rle_counts_python(text)
-    digits = np.frombuffer(text.encode("ascii"), dtype=np.uint8).astype(np.int64) - 48
-    more = (digits & 0x20) != 0
-    if digits.min() < 0 or digits.max() >= 64 or more[-1]:
-        return _rle_counts_python(text)
-    ends = np.flatnonzero(~more)
+    if len(text) >= _RLE_NUMPY_MIN_CHARS and text.isascii():
+        counts = _rle_counts_numpy(text)
+        if counts is not None:
+            return counts
+    return _rle_counts_python(text)  # (after the numpy arrays are freed: a bomb's peak stays one decoder's)
+
+
+def _rle_counts_numpy(text: str) -> Counts | None:
+    """The runs of an ASCII COCO string, or None when the pure-Python decoder must decide."""
+    raw = np.frombuffer(text.encode("ascii"), dtype=np.uint8)
+    if int(raw.min()) < 48 or int(raw.max()) >= 48 + 64 or raw[-1] >= 48 + 0x20:
+        return None
+    digits = raw - np.uint8(48)  # small types throughout: a 4 Mi-character string peaks near 100 MB
+    del raw
+    ends = np.flatnonzero(digits < 0x20).astype(np.int32)  # the last character of each run
     starts = np.empty_like(ends)
     starts[0] = 0
     starts[1:] = ends[:-1] + 1
     lengths = ends - starts + 1
-    if int(lengths.max()) > _RLE_MAX_RUN_CHARS:
-        return _rle_counts_python(text)
-    shifts = 5 * (np.arange(digits.size, dtype=np.int64) - np.repeat(starts, lengths))
-    values = np.add.reduceat((digits & 0x1F) << shifts, starts)
-    negative = (digits[ends] & 0x10) != 0
-    values[negative] |= np.left_shift(-1, 5 * lengths[negative])
+    longest = int(lengths.max())
+    if longest > _RLE_MAX_RUN_CHARS:
+        return None
+    values = (digits[starts] & 0x1F).astype(np.int64)
+    for k in range(1, longest):  # the k-th character of every run that long: 5 more bits
+        longer = np.flatnonzero(lengths > k)
+        values[longer] |= (digits[starts[longer] + k] & 0x1F).astype(np.int64) << (5 * k)
+    negative = np.flatnonzero(digits[ends] & 0x10)
+    values[negative] |= np.left_shift(np.int64(-1), 5 * lengths[negative].astype(np.int64))
     # From the fourth run on, each value is a delta to the run two before: a cumulative sum over
     # the odd runs, and one over the even runs from the third.
-    values[1::2] = np.cumsum(values[1::2])
-    values[2::2] = np.cumsum(values[2::2])
+    np.cumsum(values[1::2], out=values[1::2])
+    np.cumsum(values[2::2], out=values[2::2])
     # |values| < 2**62 here (runs of at most 40 bits, at most 4 Mi of them): no overflow so far. A
     # negative run is an error; a run above the pixel limit can never sum to a valid size.
     if int(values.min()) < 0 or int(values.max()) > MAX_MASK_PIXELS:
-        return _rle_counts_python(text)
+        return None
     return values
 
 

@@ -6,7 +6,9 @@ A typed message is either the fast path's plain structs (``worker.plain``) or th
 
 No I/O, no clock, no randomness: the same message always yields the same lines, byte for byte.
 A prediction without a ``uuid`` gets one derived (UUID v5 layout over SHA-1) from the model run,
-its position in the message and its NDJSON content, which includes the data row.
+its position in the message and its NDJSON content, which includes the data row. For an inline mask
+(PNG or RLE) the content is the line without its PNG, then the mask's pixels (shape and packed bits,
+``pixel_key``): never the PNG bytes, which an encoder change would change.
 """
 
 from __future__ import annotations
@@ -98,13 +100,36 @@ def _new_line(
 
 
 def _finish(
-    model_run_id: str, index: int, given: uuid.UUID | None, body: Json, feature: str | None, kind: str
+    model_run_id: str,
+    index: int,
+    given: uuid.UUID | None,
+    body: Json,
+    feature: str | None,
+    kind: str,
+    pixels: Callable[[], bytes] | None = None,
 ) -> NdjsonLine:
+    """The line of ``body``. ``pixels``: an inline mask's ``pixel_key``, called only when the uuid is
+    derived, for the mask's place in the uuid's content."""
     content = _dumps(body)
-    line_uuid = str(given) if given is not None else derive_uuid(model_run_id, index, content)
+    if given is not None:
+        line_uuid = str(given)
+    elif pixels is None:
+        line_uuid = derive_uuid(model_run_id, index, content)
+    else:
+        line_uuid = derive_uuid(model_run_id, index, mask_uuid_content(body, pixels()))
     data = b'{"uuid":"' + line_uuid.encode() + b'",' + content[1:]
     [(row_kind, row)] = body["dataRow"].items()
     return _new_line(line_uuid, row, feature, data, kind, row_kind)
+
+
+def mask_uuid_content(body: Json, pixels: bytes) -> bytes:
+    """What a mask line's uuid derives from: its NDJSON without ``mask``, a separator, its pixels."""
+    rest = orjson.dumps({key: value for key, value in body.items() if key != "mask"})
+    return rest + b"\x1fmask\x1f" + pixels
+
+
+def _pixels(mask: Any) -> Callable[[], bytes] | None:
+    return mask.pixel_key if isinstance(mask, PngMask | RleMask) else None
 
 
 # --- nested parts -------------------------------------------------------------------------------
@@ -266,17 +291,20 @@ def prediction_line(model_run_id: str, data_row: Json, index: int, prediction: A
     kind: str = prediction.type
     body = _BODY[kind](data_row, prediction)
     feature = None if kind in METRIC_KINDS else feature_key(prediction)
-    return _finish(model_run_id, index, prediction.uuid, body, feature, kind)
+    pixels = _pixels(prediction.mask) if kind == "mask" else None
+    return _finish(model_run_id, index, prediction.uuid, body, feature, kind, pixels)
 
 
 def _ndjson_line(model_run_id: str, index: int, line: Any) -> NdjsonLine:
     body = line.model_dump(mode="json", exclude_unset=True)
+    pixels = None
     if isinstance(line, nd.NdMaskLine) and isinstance(line.mask, PngMask):
         body["mask"]["png"] = line.mask.png01_base64()  # Labelbox takes 8-bit PNGs of 0/1 only
+        pixels = line.mask.pixel_key
     given = body.pop("uuid", None)
     feature = None if "metricValue" in body else (body.get("name") or f"schemaId:{body.get('schemaId')}")
     kind = _ND_KINDS.get(type(line), "unknown")
-    return _finish(model_run_id, index, uuid.UUID(given) if given else None, body, feature, kind)
+    return _finish(model_run_id, index, uuid.UUID(given) if given else None, body, feature, kind, pixels)
 
 
 def _data_row(ref: Any) -> dict[str, str]:
@@ -298,7 +326,8 @@ def convert(message: Any) -> list[NdjsonLine]:
         else:
             feature = name if (name := prediction.name) is not None else f"schemaId:{prediction.schema_id}"
         body = _BODY[kind](data_row, prediction)
-        lines.append(_finish(run, index, prediction.uuid, body, feature, kind))
+        pixels = _pixels(prediction.mask) if kind == "mask" else None
+        lines.append(_finish(run, index, prediction.uuid, body, feature, kind, pixels))
     return lines
 
 

@@ -23,13 +23,14 @@ from devtools.embedded import EmbeddedBroker
 from tests.apache_kafka import KAFKA_VERSION, ApacheKafka
 from tests.bench.adaptive import AdaptivePlan, report, run_adaptive
 from tests.bench.conversion import run_conversion
-from tests.bench.corpus import build
+from tests.bench.corpus import Corpus, build, build_mask_heavy, mask_kinds
 from tests.bench.end_to_end import LINGER_S, POLL_INTERVAL_S, EndToEndResult, Setup, run_end_to_end
 from tests.bench.memory import DELAY_S, MemoryCase, run_memory
 from tests.bench.report import Figure, count, mib, section
 from tests.bench.results import (
     conversion_figures,
     conversion_table,
+    corpora_table,
     e2e_figures,
     e2e_passed,
     e2e_table,
@@ -47,6 +48,7 @@ class Plan:
     """Sizes of one benchmark run."""
 
     conversion_messages: int
+    mask_heavy_messages: int
     conversion_rounds: int
     e2e_messages: int
     baseline_messages: int
@@ -62,8 +64,8 @@ class Plan:
         return [MemoryCase(b, size) for b, size in [*cases, (large, 2 * self.buffer_bytes)]]
 
 
-FULL = Plan(2000, 3, 3000, 300, 2, (20_000, 60_000), 8 * MIB, 30.0)
-QUICK = Plan(300, 2, 600, 60, 1, (2_000, 6_000), 4 * MIB, 5.0)
+FULL = Plan(2000, 240, 3, 3000, 300, 2, (20_000, 60_000), 8 * MIB, 30.0)
+QUICK = Plan(300, 40, 2, 600, 60, 1, (2_000, 6_000), 4 * MIB, 5.0)
 
 
 def progress(message: str) -> None:
@@ -122,14 +124,40 @@ def conversion_phase(plan: Plan) -> list[Figure]:
     masked = sum(any(p["type"] == "mask" for p in m["predictions"]) for m in corpus.dicts)
     progress(f"conversion: {count(corpus.predictions)} predictions, {plan.conversion_rounds} rounds")
     result = run_conversion(corpus, plan.conversion_rounds)
+    heavy = build_mask_heavy(plan.mask_heavy_messages, runs=3)
+    progress(
+        f"conversion, mask-heavy: {count(heavy.predictions)} predictions, {plan.conversion_rounds} rounds"
+    )
+    heavy_result = run_conversion(heavy, plan.conversion_rounds)
+    kinds = mask_kinds(heavy)
     section("1. Conversion: record bytes -> NDJSON bytes, validation included (one core, one process)")
     print(
-        f"{count(len(corpus.values))} messages, {count(corpus.predictions)} predictions, {mib(corpus.size)}; "
-        f"{masked} messages carry a 64x64 mask (PNG or RLE). Best of {plan.conversion_rounds} interleaved "
-        "rounds after a warm-up; the SDK path was checked to give the same predictions on a sample.\n"
+        f"Mixed corpus: {count(len(corpus.values))} messages, {count(corpus.predictions)} predictions, "
+        f"{mib(corpus.size)}; {masked} messages carry a 64x64 mask (PNG or RLE). "
+        f"Mask-heavy corpus (issue 15): {count(len(heavy.values))} messages, "
+        f"{count(heavy.predictions)} predictions, {mib(heavy.size)}; {_describe_masks(kinds)} "
+        f"({count(sum(kinds.values()))} masks, {_mask_share(heavy)} of the objects). "
+        f"Best of {plan.conversion_rounds} interleaved rounds after a warm-up; the SDK path was checked to "
+        "give the same predictions on a sample of each (masks by pixels).\n"
     )
+    print(corpora_table([("mixed", result), ("mask-heavy", heavy_result)]))
+    print("\nMixed corpus:\n")
     print(conversion_table(result))
-    return conversion_figures(result)
+    print("\nMask-heavy corpus:\n")
+    print(conversion_table(heavy_result))
+    return conversion_figures(result) + conversion_figures(heavy_result, "mask-heavy")
+
+
+def _mask_share(corpus: Corpus) -> str:
+    kinds = [p["type"] for m in corpus.dicts for p in m["predictions"]]
+    objects = sum(kind in {"bbox", "point", "polyline", "polygon", "mask"} for kind in kinds)
+    return f"{kinds.count('mask') / objects:.1%}"
+
+
+def _describe_masks(kinds: dict[str, int]) -> str:
+    return ", ".join(
+        f"{kinds[kind]} {kind}" for kind in ("png", "rle-string", "rle-list", "url") if kind in kinds
+    )
 
 
 async def service_phases(plan: Plan, log_dir: Path) -> list[Figure]:

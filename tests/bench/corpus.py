@@ -5,6 +5,11 @@ classifications (depth 1-2), 1-2 polygons, a few points, maybe a polyline, image
 checklist / text questions, metrics on ~30% of messages and, when ``masks`` is on, one 64x64 mask
 (inline PNG or COCO RLE string) on ~5% of messages. Confidences are never 0.0 and nested questions
 carry theirs on the answers only: the SDK 7.17.0 drops both, and the benchmark compares like with like.
+
+``build_mask_heavy`` is the second corpus of issue 15: the same messages with nested classifications
+to depth 3, and 3 of 8 objects masks. Of the masks, 50 % small (8-64 px a side), 35 % medium
+(128-512), 15 % large (1024 x 1024); 40 % inline PNG, 40 % COCO RLE (half compressed strings, half
+count lists), 20 % URL + colour.
 """
 
 from __future__ import annotations
@@ -59,6 +64,32 @@ def build(messages: int, runs: int, *, masks: bool, seed: int = 7) -> Corpus:
     return Corpus(dicts, [orjson.dumps(d) for d in dicts], [d["model_run_id"].encode() for d in dicts])
 
 
+def build_mask_heavy(messages: int, runs: int, seed: int = 17) -> Corpus:
+    """The mask-heavy corpus (module docstring): ``messages`` messages round-robin over ``runs`` runs."""
+    rng = random.Random(seed)
+    run_ids = model_run_ids(runs)
+    dicts = [_mask_heavy_message(rng, run_ids[i % runs], i) for i in range(messages)]
+    return Corpus(dicts, [orjson.dumps(d) for d in dicts], [d["model_run_id"].encode() for d in dicts])
+
+
+def mask_kinds(corpus: Corpus) -> dict[str, int]:
+    """How many masks of each source (``png``, ``rle-string``, ``rle-list``, ``url``) the corpus holds."""
+    kinds: dict[str, int] = {}
+    for message in corpus.dicts:
+        for prediction in message["predictions"]:
+            if prediction["type"] == "mask":
+                kind = mask_kind(prediction["mask"])
+                kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+def mask_kind(source: Json) -> str:
+    """``png``, ``rle-string``, ``rle-list`` or ``url``."""
+    if "rle" in source:
+        return "rle-string" if isinstance(source["rle"]["counts"], str) else "rle-list"
+    return "png" if "png" in source else "url"
+
+
 def replicate(pool: Corpus, count: int, tag: str) -> Corpus:
     """``count`` messages cycling over ``pool``, each on its own data row (so uuids stay unique)."""
     dicts = []
@@ -87,6 +118,73 @@ def _message(rng: random.Random, run_id: str, index: int, masks: bool) -> Json:
         "message_id": f"bench-{index}",
         "predictions": predictions,
     }
+
+
+def _mask_heavy_message(rng: random.Random, run_id: str, index: int) -> Json:
+    objects = [_bbox(rng, depth=3) for _ in range(rng.randint(3, 8))]
+    objects += [_polygon(rng) for _ in range(rng.randint(1, 2))]
+    objects += [_point(rng) for _ in range(rng.randint(0, 3))]
+    objects += [_polyline(rng) for _ in range(rng.randint(0, 1))]
+    # 3 of 8 objects masks: 3/5 of a mask per other object, the fraction rounded at random.
+    share = 3 * len(objects) / 5
+    masks = int(share) + (rng.random() < share - int(share))
+    predictions = objects + [_heavy_mask(rng) for _ in range(masks)] + _image_questions(rng)
+    if rng.random() < 0.3:
+        predictions += _metrics(rng)
+    return {
+        "model_run_id": run_id,
+        "data_row": {"global_key": f"heavy-{index:07d}.jpg"},
+        "message_id": f"bench-heavy-{index}",
+        "predictions": predictions,
+    }
+
+
+def _heavy_mask(rng: random.Random) -> Json:
+    prediction: Json = {"type": "mask", "name": "segment", "confidence": _confidence(rng)}
+    if rng.random() < 0.5:
+        prediction["classifications"] = [_radio(rng, "material", ("metal", "glass", "fabric"), depth=3)]
+    kind = rng.random()
+    if kind < 0.2:
+        color = [rng.randint(0, 255) for _ in range(3)]
+        prediction["mask"] = {
+            "url": f"https://masks.example.invalid/{rng.getrandbits(64):016x}.png",
+            "color": color,
+        }
+        return prediction
+    size = rng.random()
+    if size < 0.5:
+        height, width = rng.randint(8, 64), rng.randint(8, 64)
+    elif size < 0.85:
+        height, width = rng.randint(128, 512), rng.randint(128, 512)
+    else:
+        height, width = 1024, 1024
+    inside = _ellipse(rng, height, width)
+    if kind < 0.6:
+        prediction["mask"] = {"png": png_b64(inside)}
+    else:
+        encoded = coco_mask.encode(np.asfortranarray(inside))
+        counts: str | list[int] = encoded["counts"].decode()
+        if kind >= 0.8:
+            counts = rle_counts(inside)
+        prediction["mask"] = {"rle": {"size": [height, width], "counts": counts}}
+    return prediction
+
+
+def rle_counts(inside: np.ndarray[Any, Any]) -> list[int]:
+    """COCO uncompressed counts of a 0/1 mask: column-major runs, background first."""
+    flat = inside.T.reshape(-1).astype(bool)
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate(([0], changes, [flat.size]))).tolist()
+    return [0, *runs] if flat[0] else runs
+
+
+def _ellipse(rng: random.Random, height: int, width: int) -> np.ndarray[Any, Any]:
+    """A filled ellipse somewhere in a ``height x width`` 0/1 mask."""
+    rows, cols = np.ogrid[0:height, 0:width]
+    cy, cx = rng.uniform(0.25, 0.75) * height, rng.uniform(0.25, 0.75) * width
+    ry, rx = rng.uniform(0.1, 0.45) * height, rng.uniform(0.1, 0.45) * width
+    inside: np.ndarray[Any, Any] = (((rows - cy) / ry) ** 2 + ((cols - cx) / rx) ** 2 <= 1.0).astype(np.uint8)
+    return inside
 
 
 def _confidence(rng: random.Random) -> float:
@@ -118,14 +216,14 @@ def _checklist(rng: random.Random, name: str, options: tuple[str, ...]) -> Json:
     return {"type": "checklist", "name": name, "answers": [_answer(rng, o, 1) for o in chosen]}
 
 
-def _nested(rng: random.Random) -> list[Json]:
-    nested = [_radio(rng, "color", _COLORS, depth=2)]
+def _nested(rng: random.Random, depth: int = 2) -> list[Json]:
+    nested = [_radio(rng, "color", _COLORS, depth=depth)]
     if rng.random() < 0.4:
         nested.append(_checklist(rng, "attributes", ("moving", "parked", "reflective", "damaged")))
     return nested
 
 
-def _bbox(rng: random.Random) -> Json:
+def _bbox(rng: random.Random, depth: int = 2) -> Json:
     box = {
         "top": _coordinate(rng),
         "left": _coordinate(rng),
@@ -133,7 +231,7 @@ def _bbox(rng: random.Random) -> Json:
         "width": round(rng.uniform(5, 600), 1),
     }
     prediction: Json = {"type": "bbox", "name": rng.choice(_CLASSES), "confidence": _confidence(rng)}
-    prediction |= {"bbox": box, "classifications": _nested(rng)}
+    prediction |= {"bbox": box, "classifications": _nested(rng, depth)}
     if rng.random() < 0.2:
         prediction["custom_metrics"] = [{"name": "iou_to_gt", "value": _confidence(rng)}]
     return prediction

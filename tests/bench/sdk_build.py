@@ -91,17 +91,27 @@ def _rectangle(item: Json) -> lb.Rectangle:
 
 
 def _mask_pixels(source: Json) -> np.ndarray[Any, Any]:
+    """The pixels of an inline (PNG or COCO RLE, string or counts) mask, 0/1."""
     if "png" in source:
         with Image.open(io.BytesIO(base64.b64decode(source["png"]))) as image:
             pixels: np.ndarray[Any, Any] = (np.asarray(image) != 0).astype(np.uint8)
         return pixels
     rle = source["rle"]
-    decoded: np.ndarray[Any, Any] = coco_mask.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+    height, width = rle["size"]
+    counts = rle["counts"]
+    if isinstance(counts, list):  # pycocotools takes count lists as "uncompressed RLE" only via frPyObjects
+        encoded = coco_mask.frPyObjects({"size": [height, width], "counts": counts}, height, width)
+    else:
+        encoded = {"size": [height, width], "counts": counts.encode()}
+    decoded: np.ndarray[Any, Any] = coco_mask.decode(encoded)
     return decoded
 
 
 def _mask(item: Json) -> lb.Mask:
-    return lb.Mask(mask=lb.MaskData.from_2D_arr(_mask_pixels(item["mask"])), color=(1, 1, 1))
+    source = item["mask"]
+    if "url" in source:
+        return lb.Mask(mask=lb.MaskData(url=source["url"]), color=tuple(source["color"]))
+    return lb.Mask(mask=lb.MaskData.from_2D_arr(_mask_pixels(source)), color=(1, 1, 1))
 
 
 _GEOMETRY: dict[str, Callable[[Json], Any]] = {

@@ -6,9 +6,15 @@ import dataclasses
 import hashlib
 import uuid
 
+import numpy as np
+import orjson
 import pytest
 
-from worker.convert import _UUID_NAMESPACE, NdjsonLine, _new_line, derive_uuid
+from schemas import MESSAGE_ADAPTER, PredictionMessage
+from schemas.masks import mask_to_rle_counts
+from tests.support.factories import message, png_b64
+from worker.convert import _UUID_NAMESPACE, NdjsonLine, _new_line, convert, derive_uuid
+from worker.decode import Rejection, decode
 
 
 def test_derived_uuid_is_a_version_5_uuid_of_the_documented_input() -> None:
@@ -37,3 +43,24 @@ def test_the_fast_line_constructor_builds_the_same_frozen_line() -> None:
     assert [getattr(line, f.name) for f in dataclasses.fields(NdjsonLine)] == list(fields)
     with pytest.raises(dataclasses.FrozenInstanceError):
         line.uuid = "other"  # type: ignore[misc]
+
+
+def test_a_known_mask_uuid_never_changes() -> None:
+    # A mask line's derived uuid comes from its pixels (shape, packed bits), not its PNG bytes, since
+    # issue 15 (which changed it once: a mask message redelivered across that upgrade was imported again
+    # under the new uuid). The same rule as above: only change it with a migration plan.
+    inside = np.zeros((6, 10), dtype=np.uint8)
+    inside[1:4, 2:9] = 1
+    sources = [
+        {"png": png_b64(inside)},
+        {"png": png_b64(inside * 255)},
+        {"rle": {"size": [6, 10], "counts": mask_to_rle_counts(inside.astype(bool))}},
+    ]
+    for source in sources:
+        prediction = {"type": "mask", "name": "mk", "confidence": 0.5, "mask": source}
+        parsed = MESSAGE_ADAPTER.validate_python(message(prediction))
+        assert isinstance(parsed, PredictionMessage)
+        assert convert(parsed)[0].uuid == "933659c1-3dfe-51ce-9297-5888b95e0bc0"
+        fast = decode(orjson.dumps(message(prediction)))  # the worker's own path (worker.plain first)
+        assert not isinstance(fast, Rejection)
+        assert convert(fast)[0].uuid == "933659c1-3dfe-51ce-9297-5888b95e0bc0"

@@ -488,6 +488,6 @@ def test_rle_string_and_list_decode_to_the_same_mask() -> None:
         inside = rng.random((int(rng.integers(1, 30)), int(rng.integers(1, 30)))) < 0.3
         encoded = coco.encode(np.asfortranarray(inside.astype(np.uint8)))
         counts = rle_counts_from_string(encoded["counts"].decode())
-        assert counts == mask_to_rle_counts(inside)
+        assert np.asarray(counts).tolist() == mask_to_rle_counts(inside)
         np.testing.assert_array_equal(rle_to_mask(*inside.shape, counts), inside)
         np.testing.assert_array_equal(coco.decode(encoded).astype(bool), inside)

@@ -1,0 +1,180 @@
+"""``worker.labelbox``: the retry policy on an injected clock, Retry-After, and how answers are read.
+
+The client is driven against a scripted aiohttp server on 127.0.0.1 (each request gets the next
+scripted answer); time is a fake clock that only the injected ``sleep`` advances, so no test waits.
+The classification of error answers is in ``test_isolation.py`` (the README's table)."""
+
+from __future__ import annotations
+
+import email.utils
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from pydantic import SecretStr
+
+from worker.labelbox import (
+    AttemptOutcome,
+    LabelboxClient,
+    TransientError,
+    _http_error,
+    _retry_after,
+)
+
+KEY = "unit-test-key"
+USER = orjson.dumps({"data": {"user": {"id": "u1"}}})
+#: An epoch time for the fake wall clock: 2026-01-01T00:00:00Z.
+EPOCH = 1767225600.0
+
+
+@dataclass
+class Answer:
+    status: int = 200
+    body: bytes = USER
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Script:
+    """The server's answers, in order; the last one repeats."""
+
+    def __init__(self) -> None:
+        self.answers: list[Answer] = []
+        self.requests = 0
+        self.url = ""
+
+    async def handle(self, _: web.Request) -> web.Response:
+        answer = self.answers[min(self.requests, len(self.answers) - 1)]
+        self.requests += 1
+        return web.Response(status=answer.status, body=answer.body, headers=answer.headers)
+
+
+class FakeTime:
+    """A monotonic clock that moves only when the client sleeps (or a test says so)."""
+
+    def __init__(self, start: float = 1000.0) -> None:
+        self.now = start
+        self.sleeps: list[float] = []
+        #: Called at each sleep, before the clock moves (to observe the client while it waits).
+        self.on_sleep: Callable[[], None] = lambda: None
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.on_sleep()
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+@pytest.fixture
+async def script() -> AsyncIterator[Script]:
+    script = Script()
+    app = web.Application()
+    app.router.add_post("/graphql", script.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    script.url = str(server.make_url("/graphql"))
+    try:
+        yield script
+    finally:
+        await server.close()
+
+
+def client(
+    script: Script,
+    clock: FakeTime,
+    *,
+    retry_max_s: float = 60.0,
+    wall_clock: float = EPOCH,
+    answered: list[tuple[str, AttemptOutcome, float, float]] | None = None,
+) -> LabelboxClient:
+    def on_response(operation: str, outcome: AttemptOutcome, started_at: float, rtt_s: float) -> None:
+        if answered is not None:
+            answered.append((operation, outcome, started_at, rtt_s))
+
+    return LabelboxClient(
+        script.url,
+        SecretStr(KEY),
+        request_timeout_s=5.0,
+        retry_max_s=retry_max_s,
+        on_response=on_response,
+        rng=random.Random(7),
+        clock=clock,
+        wall_clock=lambda: wall_clock,
+        sleep=clock.sleep,
+    )
+
+
+# --- the injected clock ----------------------------------------------------------------------------
+
+
+async def test_failing_since_and_round_trips_are_read_on_the_injected_clock(script: Script) -> None:
+    script.answers = [Answer(503, b"down"), Answer(503, b"down"), Answer()]
+    clock = FakeTime(start=1000.0)
+    answered: list[tuple[str, AttemptOutcome, float, float]] = []
+    failing_seen: list[float | None] = []
+    async with client(script, clock, answered=answered) as lb:
+        clock.on_sleep = lambda: failing_seen.append(lb.failing_since)
+        await lb.check_auth()
+        assert lb.failing_since is None, "a success ends the failure"
+    assert script.requests == 3
+    assert len(clock.sleeps) == 2
+    assert failing_seen == [1000.0, 1000.0], "set at the first failure, on the fake clock, kept while failing"
+    assert [outcome for _, outcome, _, _ in answered] == ["overload", "overload", "ok"]
+    starts = [started_at for _, _, started_at, _ in answered]
+    assert starts == [1000.0, 1000.0 + clock.sleeps[0], 1000.0 + sum(clock.sleeps)]
+    assert all(rtt == 0.0 for _, _, _, rtt in answered), "the fake clock does not move during a request"
+
+
+async def test_the_retry_budget_is_spent_on_the_injected_clock(script: Script) -> None:
+    # Every answer asks for 4 s; with 10 s of budget the third wait (at ~9 s) would overrun it.
+    script.answers = [Answer(503, b"down", {"Retry-After": "4"})]
+    clock = FakeTime()
+    async with client(script, clock, retry_max_s=10.0) as lb:
+        with pytest.raises(TransientError) as raised:
+            await lb.check_auth()
+    assert raised.value.cause == "5xx"
+    assert script.requests == 3
+    assert len(clock.sleeps) == 2
+    assert all(4.0 <= s <= 4.5 for s in clock.sleeps), clock.sleeps  # Retry-After plus a little jitter
+    assert lb.failing_since is not None, "still failing when the budget is spent"
+
+
+async def test_a_longer_budget_on_the_same_clock_allows_more_attempts(script: Script) -> None:
+    script.answers = [Answer(503, b"down", {"Retry-After": "4"})]
+    clock = FakeTime()
+    async with client(script, clock, retry_max_s=20.0) as lb:
+        with pytest.raises(TransientError):
+            await lb.check_auth()
+    assert script.requests == 5, "4 waits of 4-4.5 s fit in 20 s, a fifth does not"
+
+
+async def test_an_http_date_retry_after_is_measured_from_the_injected_wall_clock(script: Script) -> None:
+    retry_at = email.utils.formatdate(EPOCH + 20, usegmt=True)
+    script.answers = [Answer(429, b"slow down", {"Retry-After": retry_at}), Answer()]
+    clock = FakeTime()
+    async with client(script, clock, wall_clock=EPOCH) as lb:
+        await lb.check_auth()
+    assert len(clock.sleeps) == 1
+    assert 20.0 <= clock.sleeps[0] <= 21.0, clock.sleeps
+
+
+def test_retry_after_reads_an_http_date_against_the_given_wall_clock() -> None:
+    header = email.utils.formatdate(EPOCH + 30, usegmt=True)
+    assert _retry_after(header, lambda: EPOCH) == 30.0
+    assert _retry_after(header, lambda: EPOCH + 40) == 0.0, "a date in the past: retry at once"
+    assert _retry_after(header, lambda: EPOCH - 3600) == 600.0, "capped at 10 minutes"
+
+
+def test_delta_seconds_never_read_the_wall_clock() -> None:
+    def no_clock() -> float:
+        raise AssertionError("the wall clock was read for delta-seconds")
+
+    assert _retry_after("7", no_clock) == 7.0
+    error = _http_error(429, b"slow down", "3", no_clock)
+    assert isinstance(error, TransientError)
+    assert error.retry_after_s == 3.0

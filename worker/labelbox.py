@@ -127,43 +127,98 @@ class ImportNameTaken(RequestRejected):
     """An import of this name exists in the model run (for example, created by a lost attempt)."""
 
 
+#: What an import is in (its ``state``). Read by :func:`import_state`: anything else is RUNNING.
+ImportStateName = Literal["RUNNING", "FINISHED", "FAILED"]
+#: How one row of a FINISHED import ended (a status-file line's ``status``). Read by
+#: :func:`row_outcome`: anything but SUCCESS is a FAILURE.
+RowOutcome = Literal["SUCCESS", "FAILURE"]
+#: What a model-run registration task is in. Read by :func:`task_state`: anything else is RUNNING.
+TaskStateName = Literal["RUNNING", "COMPLETE", "FAILED"]
+
+
+def import_state(value: object) -> ImportStateName:
+    """An import's ``state`` from the wire. An unknown value (a state Labelbox added, a missing one)
+    is read as still RUNNING: the import is polled again until it ends or its deadline passes,
+    rather than settling its rows on a guess."""
+    if value == "FINISHED":
+        return "FINISHED"
+    if value == "FAILED":
+        return "FAILED"
+    return "RUNNING"
+
+
+def row_outcome(value: object) -> RowOutcome:
+    """A status-file row's ``status`` from the wire: only SUCCESS is a success; anything else (an
+    unknown value, a missing one) is a FAILURE, so a row is never reported imported on a guess."""
+    return "SUCCESS" if value == "SUCCESS" else "FAILURE"
+
+
+def task_state(value: object) -> TaskStateName:
+    """A registration task's ``status`` from the wire; an unknown value is still RUNNING (polled
+    again until it ends or its deadline passes)."""
+    if value == "COMPLETE":
+        return "COMPLETE"
+    if value == "FAILED":
+        return "FAILED"
+    return "RUNNING"
+
+
 @dataclass(frozen=True, slots=True)
 class ImportState:
-    """A model-run prediction import as Labelbox reports it."""
+    """A model-run prediction import as Labelbox reports it.
+
+    ``state`` is read conservatively (:func:`import_state`); ``raw_state`` is what Labelbox wrote when
+    it differs (None: the same), for messages and logs: see :attr:`reported_state`."""
 
     id: str
     name: str
     model_run_id: str
-    state: str
+    state: ImportStateName
     progress: str | None = None
     status_file_url: str | None = None
     error_file_url: str | None = None
+    raw_state: str | None = None
 
     @property
     def done(self) -> bool:
         """FINISHED or FAILED."""
-        return self.state in ("FINISHED", "FAILED")
+        return self.state != "RUNNING"
+
+    @property
+    def reported_state(self) -> str:
+        """The state as Labelbox wrote it."""
+        return self.state if self.raw_state is None else self.raw_state
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ImportState:
+        raw = str(data.get("state"))
+        state = import_state(raw)
         return cls(
             id=str(data.get("id")),
             name=str(data.get("name")),
             model_run_id=str(data.get("modelRunId")),
-            state=str(data.get("state")),
+            state=state,
             progress=data.get("progress"),
             status_file_url=data.get("statusFileUrl"),
             error_file_url=data.get("errorFileUrl"),
+            raw_state=None if raw == state else raw,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class RowStatus:
-    """One line of an import's status file."""
+    """One line of an import's status file. ``status`` is read conservatively (:func:`row_outcome`);
+    ``raw_status`` is what Labelbox wrote when it differs (None: the same)."""
 
     uuid: str
-    status: str
+    status: RowOutcome
     errors: list[dict[str, Any]] = field(default_factory=list)
+    raw_status: str | None = None
+
+    @property
+    def reported_status(self) -> str:
+        """The status as Labelbox wrote it."""
+        return self.status if self.raw_status is None else self.raw_status
 
 
 def _retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
@@ -565,7 +620,7 @@ class LabelboxClient:
 
         async def call() -> TaskStatus:
             found = await self._query(TASK_STATUS[kind], {"where": {"id": task_id}}, _TASK_FIELD[kind]) or {}
-            return TaskStatus(str(found.get("status")), found.get("errorMessage"))
+            return TaskStatus.from_json(found)
 
         return await self._retrying("task_status", call)
 
@@ -594,14 +649,28 @@ class LabelboxClient:
 
 @dataclass(frozen=True, slots=True)
 class TaskStatus:
-    """A model-run registration task: RUNNING, COMPLETE or FAILED."""
+    """A model-run registration task: RUNNING, COMPLETE or FAILED (read by :func:`task_state`);
+    ``raw_status`` is what Labelbox wrote when it differs (None: the same)."""
 
-    status: str
+    status: TaskStateName
     error_message: str | None = None
+    raw_status: str | None = None
 
     @property
     def done(self) -> bool:
-        return self.status in ("COMPLETE", "FAILED")
+        return self.status != "RUNNING"
+
+    @property
+    def reported_status(self) -> str:
+        """The status as Labelbox wrote it."""
+        return self.status if self.raw_status is None else self.raw_status
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskStatus:
+        raw = str(data.get("status"))
+        status = task_state(raw)
+        message = data.get("errorMessage")
+        return cls(status, message if isinstance(message, str) else None, None if raw == status else raw)
 
 
 def _parse_statuses(body: bytes) -> list[RowStatus]:
@@ -623,4 +692,8 @@ def _loads_or_none(raw: bytes) -> object:
 
 def _row(line: dict[str, Any]) -> RowStatus:
     errors = line.get("errors")
-    return RowStatus(line["uuid"], str(line.get("status")), errors if isinstance(errors, list) else [])
+    raw = str(line.get("status"))
+    status = row_outcome(raw)
+    return RowStatus(
+        line["uuid"], status, errors if isinstance(errors, list) else [], None if raw == status else raw
+    )

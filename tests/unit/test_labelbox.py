@@ -19,10 +19,15 @@ from pydantic import SecretStr
 
 from worker.labelbox import (
     AttemptOutcome,
+    ImportState,
     LabelboxClient,
+    TaskStatus,
     TransientError,
     _http_error,
     _retry_after,
+    import_state,
+    row_outcome,
+    task_state,
 )
 
 KEY = "unit-test-key"
@@ -45,6 +50,7 @@ class Script:
         self.answers: list[Answer] = []
         self.requests = 0
         self.url = ""
+        self.status_url = ""
 
     async def handle(self, _: web.Request) -> web.Response:
         answer = self.answers[min(self.requests, len(self.answers) - 1)]
@@ -75,9 +81,11 @@ async def script() -> AsyncIterator[Script]:
     script = Script()
     app = web.Application()
     app.router.add_post("/graphql", script.handle)
+    app.router.add_get("/status.ndjson", script.handle)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     script.url = str(server.make_url("/graphql"))
+    script.status_url = str(server.make_url("/status.ndjson"))
     try:
         yield script
     finally:
@@ -178,3 +186,104 @@ def test_delta_seconds_never_read_the_wall_clock() -> None:
     error = _http_error(429, b"slow down", "3", no_clock)
     assert isinstance(error, TransientError)
     assert error.retry_after_s == 3.0
+
+
+# --- states and outcomes from the wire -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("wire", "state"),
+    [
+        ("RUNNING", "RUNNING"),
+        ("FINISHED", "FINISHED"),
+        ("FAILED", "FAILED"),
+        ("QUEUED", "RUNNING"),
+        ("finished", "RUNNING"),
+        (None, "RUNNING"),
+        (3, "RUNNING"),
+    ],
+)
+def test_an_unknown_import_state_is_read_as_still_running(wire: object, state: str) -> None:
+    assert import_state(wire) == state
+
+
+@pytest.mark.parametrize(
+    ("wire", "outcome"),
+    [
+        ("SUCCESS", "SUCCESS"),
+        ("FAILURE", "FAILURE"),
+        ("PARTIAL", "FAILURE"),
+        ("success", "FAILURE"),
+        (None, "FAILURE"),
+        (True, "FAILURE"),
+    ],
+)
+def test_only_success_is_a_successful_row(wire: object, outcome: str) -> None:
+    assert row_outcome(wire) == outcome
+
+
+@pytest.mark.parametrize(
+    ("wire", "state"),
+    [
+        ("RUNNING", "RUNNING"),
+        ("COMPLETE", "COMPLETE"),
+        ("FAILED", "FAILED"),
+        ("IN_PROGRESS", "RUNNING"),
+        (None, "RUNNING"),
+    ],
+)
+def test_an_unknown_task_state_is_read_as_still_running(wire: object, state: str) -> None:
+    assert task_state(wire) == state
+
+
+def test_an_import_keeps_the_state_labelbox_wrote_for_messages() -> None:
+    base = {"id": "i1", "name": "n", "modelRunId": "run"}
+    queued = ImportState.from_json({**base, "state": "QUEUED"})
+    assert (queued.state, queued.done, queued.reported_state) == ("RUNNING", False, "QUEUED")
+    finished = ImportState.from_json({**base, "state": "FINISHED", "statusFileUrl": "u"})
+    assert (finished.state, finished.done, finished.raw_state) == ("FINISHED", True, None)
+    assert finished.reported_state == "FINISHED"
+    assert ImportState.from_json({**base, "state": "FAILED"}).done
+    assert ImportState.from_json(base).reported_state == "None", "a missing state: still running"
+
+
+def test_a_task_keeps_the_status_labelbox_wrote_and_a_string_error_message() -> None:
+    odd = TaskStatus.from_json({"status": "PAUSED", "errorMessage": None})
+    assert (odd.status, odd.done, odd.reported_status, odd.error_message) == (
+        "RUNNING",
+        False,
+        "PAUSED",
+        None,
+    )
+    failed = TaskStatus.from_json({"status": "FAILED", "errorMessage": "no such rows"})
+    assert (failed.done, failed.error_message, failed.raw_status) == (True, "no such rows", None)
+    assert TaskStatus.from_json({"status": "COMPLETE", "errorMessage": {"not": "text"}}).error_message is None
+
+
+async def test_a_status_file_row_of_an_unknown_status_is_a_failure_that_keeps_it(script: Script) -> None:
+    lines = [
+        {"uuid": "u1", "status": "SUCCESS"},
+        {"uuid": "u2", "status": "FAILURE", "errors": [{"name": "ValidationError", "message": "bad"}]},
+        {"uuid": "u3", "status": "PARTIAL"},
+        {"uuid": "u4"},
+        {"status": "SUCCESS"},  # no uuid: not a row
+    ]
+    script.answers = [Answer(body=b"\n".join(orjson.dumps(line) for line in lines))]
+    async with client(script, FakeTime()) as lb:
+        rows = await lb.fetch_statuses(script.status_url)
+    assert [(r.uuid, r.status, r.reported_status) for r in rows] == [
+        ("u1", "SUCCESS", "SUCCESS"),
+        ("u2", "FAILURE", "FAILURE"),
+        ("u3", "FAILURE", "PARTIAL"),
+        ("u4", "FAILURE", "None"),
+    ]
+    assert rows[1].errors == [{"name": "ValidationError", "message": "bad"}]
+
+
+async def test_polling_an_import_in_an_unknown_state_reads_it_as_running(script: Script) -> None:
+    answer = {"id": "i1", "name": "n", "modelRunId": "run", "state": "QUEUED"}
+    script.answers = [Answer(body=orjson.dumps({"data": {"modelErrorAnalysisPredictionImport": answer}}))]
+    async with client(script, FakeTime()) as lb:
+        state = await lb.get_import("run", "n")
+    assert state is not None
+    assert (state.state, state.done, state.reported_state) == ("RUNNING", False, "QUEUED")

@@ -122,15 +122,11 @@ class Process:
             raise RuntimeError(f"{self.name} exited with status {code}:\n{self.tail()}")
 
     def wait_for(self, probe: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.05) -> None:
-        """Until ``probe()`` is true; raises (with the log's tail) if the process exits first or
-        ``timeout_s`` passes."""
+        """Until ``probe()`` is true (an endpoint answers; a line is in :meth:`output`); raises (with the
+        log's tail) if the process exits first or ``timeout_s`` passes."""
         if not until_blocking(lambda: not self.alive() or probe(), timeout_s, every_s=every_s):
             raise RuntimeError(f"{self.name}: no {what} within {timeout_s} s:\n{self.tail()}")
         self.check_alive()
-
-    def wait_for_line(self, text: str, timeout_s: float) -> None:
-        """Until a line of its output contains ``text`` (see :meth:`wait_for`)."""
-        self.wait_for(lambda: text in self.output(), timeout_s, f"line with {text!r}", every_s=0.02)
 
     def terminate(self) -> None:
         """SIGTERM (a graceful stop); does not wait."""

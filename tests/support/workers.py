@@ -32,6 +32,19 @@ def worker_env(settings: Settings | None = None, **fields: object) -> dict[str, 
     return env | {name.upper(): str(value) for name, value in fields.items()}
 
 
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file (a log), skipping any other line; [] if there is none."""
+    if not path.exists():
+        return []
+    out = []
+    for raw in path.read_bytes().splitlines():
+        with contextlib.suppress(orjson.JSONDecodeError):
+            entry = orjson.loads(raw)
+            if isinstance(entry, dict):
+                out.append(entry)
+    return out
+
+
 async def stop_process(process: asyncio.subprocess.Process, timeout_s: float = 10) -> int:
     """SIGTERM, then SIGKILL after ``timeout_s``; returns the exit status."""
     if process.returncode is None:

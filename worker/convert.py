@@ -1,5 +1,9 @@
 """Pure conversion: a validated prediction message -> Labelbox NDJSON lines.
 
+A typed message is either the fast path's plain structs (``worker.plain``) or the pydantic models
+(when pydantic accepted what the fast path left to it): both have the same attribute names and a
+``type`` on every prediction and question, which is all the helpers here read.
+
 No I/O, no clock, no randomness: the same message always yields the same lines, byte for byte.
 A prediction without a ``uuid`` gets one derived (UUID v5 layout over SHA-1) from the model run,
 its position in the message and its NDJSON content, which includes the data row.
@@ -15,29 +19,14 @@ from typing import Any
 
 import orjson
 
-from schemas import (
-    Answer,
-    BBoxPrediction,
-    Checklist,
-    ChecklistPrediction,
-    ConfusionMatrixMetric,
-    CustomMetric,
-    MaskPrediction,
-    NdjsonMessage,
-    PointPrediction,
-    PolygonPrediction,
-    PolylinePrediction,
-    PredictionMessage,
-    Radio,
-    RadioPrediction,
-    ScalarMetric,
-    TextPrediction,
-)
+from schemas import NdjsonMessage
 from schemas import ndjson as nd
 from schemas.masks import PngMask, RleMask, UrlMask
-from schemas.predictions import Classification, Point, Prediction
+from worker.plain import METRIC_KINDS, feature_key
 
 Json = dict[str, Any]
+_dumps = orjson.dumps
+_sha1 = hashlib.sha1
 _UUID_NAMESPACE = uuid.UUID("6f0e7f4e-3b1e-5d2c-9a57-4c1f0d6b2a10").bytes
 #: RFC 4122 variant bits (10xx) applied to the hex digit that carries them.
 _VARIANT = {digit: format((int(digit, 16) & 0x3) | 0x8, "x") for digit in "0123456789abcdef"}
@@ -80,61 +69,89 @@ def derive_uuid(model_run_id: str, index: int, content: bytes) -> str:
     UUID version 5 layout (RFC 4122) over SHA-1 of a namespace, the model run, the position and the
     content; formatted directly, which is several times faster than going through ``uuid.UUID``.
     """
-    h = hashlib.sha1(
-        _UUID_NAMESPACE + f"{model_run_id}\x1f{index}\x1f".encode() + content, usedforsecurity=False
-    ).hexdigest()
+    h = _sha1(_UUID_NAMESPACE + f"{model_run_id}\x1f{index}\x1f".encode() + content).hexdigest()
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
+
+
+_new_object = object.__new__
+# Slot setters of NdjsonLine: a line is built field by field without the frozen dataclass's
+# ``object.__setattr__`` round trips (half the cost of a line's construction on the hot path); the
+# result is the same frozen line (tests/unit/test_convert.py compares them).
+_set_uuid, _set_row, _set_feature, _set_data, _set_kind, _set_row_kind = (
+    getattr(NdjsonLine, name).__set__
+    for name in ("uuid", "data_row", "feature", "data", "kind", "data_row_kind")
+)
+
+
+def _new_line(
+    line_uuid: str, row: str, feature: str | None, data: bytes, kind: str, row_kind: str
+) -> NdjsonLine:
+    """``NdjsonLine(line_uuid, row, feature, data, kind, row_kind)``, faster."""
+    line: NdjsonLine = _new_object(NdjsonLine)
+    _set_uuid(line, line_uuid)
+    _set_row(line, row)
+    _set_feature(line, feature)
+    _set_data(line, data)
+    _set_kind(line, kind)
+    _set_row_kind(line, row_kind)
+    return line
 
 
 def _finish(
     model_run_id: str, index: int, given: uuid.UUID | None, body: Json, feature: str | None, kind: str
 ) -> NdjsonLine:
-    content = orjson.dumps(body)
+    content = _dumps(body)
     line_uuid = str(given) if given is not None else derive_uuid(model_run_id, index, content)
     data = b'{"uuid":"' + line_uuid.encode() + b'",' + content[1:]
-    row_kind, row = next(iter(body["dataRow"].items()))
-    return NdjsonLine(line_uuid, row, feature, data, kind, row_kind)
+    [(row_kind, row)] = body["dataRow"].items()
+    return _new_line(line_uuid, row, feature, data, kind, row_kind)
 
 
 # --- nested parts -------------------------------------------------------------------------------
 
 
-def _metrics(metrics: list[CustomMetric]) -> list[Json]:
+def _ref(item: Any) -> Json:
+    """The NDJSON feature reference: ``{"name": …}`` or ``{"schemaId": …}``."""
+    return {"name": item.name} if item.name is not None else {"schemaId": item.schema_id}
+
+
+def _metrics(metrics: list[Any]) -> list[Json]:
     return [{"name": m.name, "value": m.value} for m in metrics]
 
 
-def _answer(answer: Answer) -> Json:
-    out = answer.ref_json()
-    if answer.confidence is not None:
-        out["confidence"] = answer.confidence
-    if answer.classifications:
-        out["classifications"] = [classification(c) for c in answer.classifications]
+def _answer(answer: Any) -> Json:
+    out: Json = {"name": name} if (name := answer.name) is not None else {"schemaId": answer.schema_id}
+    if (confidence := answer.confidence) is not None:
+        out["confidence"] = confidence
+    if nested := answer.classifications:
+        out["classifications"] = [classification(c) for c in nested]
     if answer.custom_metrics:
         out["customMetrics"] = _metrics(answer.custom_metrics)
     return out
 
 
-def classification(item: Classification) -> Json:
+def classification(item: Any) -> Json:
     """A classification in its nested form (under an object or an answer, or a line's core)."""
-    out = item.ref_json()
-    if isinstance(item, Radio):
+    out: Json = {"name": name} if (name := item.name) is not None else {"schemaId": item.schema_id}
+    kind = item.type
+    if kind == "radio":
         out["answer"] = _answer(item.answer)
-    elif isinstance(item, Checklist):
+    elif kind == "checklist":
         out["answer"] = [_answer(a) for a in item.answers]
     else:
         out["answer"] = item.answer
         if item.custom_metrics:
             out["customMetrics"] = _metrics(item.custom_metrics)
-    if item.confidence is not None:
-        out["confidence"] = item.confidence
+    if (confidence := item.confidence) is not None:
+        out["confidence"] = confidence
     return out
 
 
-def _points(points: list[Point]) -> list[Json]:
+def _points(points: list[Any]) -> list[Json]:
     return [{"x": p.x, "y": p.y} for p in points]
 
 
-def _closed(points: list[Point]) -> list[Json]:
+def _closed(points: list[Any]) -> list[Json]:
     ring = _points(points)
     return ring if ring[0] == ring[-1] else [*ring, ring[0]]
 
@@ -146,14 +163,15 @@ def _mask(mask: PngMask | UrlMask | RleMask) -> Json:
 
 
 def _geometry(prediction: Any) -> tuple[str, Any]:
-    if isinstance(prediction, BBoxPrediction):
+    kind = prediction.type
+    if kind == "bbox":
         b = prediction.bbox
         return "bbox", {"top": b.top, "left": b.left, "height": b.height, "width": b.width}
-    if isinstance(prediction, PointPrediction):
+    if kind == "point":
         return "point", {"x": prediction.point.x, "y": prediction.point.y}
-    if isinstance(prediction, PolylinePrediction):
+    if kind == "polyline":
         return "line", _points(prediction.line)
-    if isinstance(prediction, PolygonPrediction):
+    if kind == "polygon":
         return "polygon", _closed(prediction.polygon)
     return "mask", _mask(prediction.mask)
 
@@ -166,14 +184,21 @@ def _threshold_key(threshold: float) -> str:
 
 
 def _object_body(data_row: Json, prediction: Any) -> Json:
-    body: Json = {"dataRow": data_row, **prediction.ref_json()}
-    if prediction.confidence is not None:
-        body["confidence"] = prediction.confidence
+    if (name := prediction.name) is not None:
+        body: Json = {"dataRow": data_row, "name": name}
+    else:
+        body = {"dataRow": data_row, "schemaId": prediction.schema_id}
+    if (confidence := prediction.confidence) is not None:
+        body["confidence"] = confidence
     if prediction.custom_metrics:
         body["customMetrics"] = _metrics(prediction.custom_metrics)
     body["classifications"] = [classification(c) for c in prediction.classifications]
-    key, value = _geometry(prediction)
-    body[key] = value
+    if prediction.type == "bbox":
+        b = prediction.bbox
+        body["bbox"] = {"top": b.top, "left": b.left, "height": b.height, "width": b.width}
+    else:
+        key, value = _geometry(prediction)
+        body[key] = value
     return body
 
 
@@ -181,7 +206,7 @@ def _classification_body(data_row: Json, prediction: Any) -> Json:
     return {"dataRow": data_row, **classification(prediction)}
 
 
-def _scalar_body(data_row: Json, metric: ScalarMetric) -> Json:
+def _scalar_body(data_row: Json, metric: Any) -> Json:
     value = metric.value
     body: Json = {
         "dataRow": data_row,
@@ -190,7 +215,7 @@ def _scalar_body(data_row: Json, metric: ScalarMetric) -> Json:
     return _metric_names(body, metric, metric.aggregation)
 
 
-def _confusion_body(data_row: Json, metric: ConfusionMatrixMetric) -> Json:
+def _confusion_body(data_row: Json, metric: Any) -> Json:
     value = metric.value
     body: Json = {
         "dataRow": data_row,
@@ -201,7 +226,7 @@ def _confusion_body(data_row: Json, metric: ConfusionMatrixMetric) -> Json:
     return _metric_names(body, metric, "CONFUSION_MATRIX")
 
 
-def _metric_names(body: Json, metric: ScalarMetric | ConfusionMatrixMetric, aggregation: str) -> Json:
+def _metric_names(body: Json, metric: Any, aggregation: str) -> Json:
     if metric.metric_name is not None:
         body["metricName"] = metric.metric_name
     if metric.feature_name is not None:
@@ -212,19 +237,18 @@ def _metric_names(body: Json, metric: ScalarMetric | ConfusionMatrixMetric, aggr
     return body
 
 
-_BODY: dict[type[Any], Callable[[Json, Any], Json]] = {
-    BBoxPrediction: _object_body,
-    PointPrediction: _object_body,
-    PolylinePrediction: _object_body,
-    PolygonPrediction: _object_body,
-    MaskPrediction: _object_body,
-    RadioPrediction: _classification_body,
-    ChecklistPrediction: _classification_body,
-    TextPrediction: _classification_body,
-    ScalarMetric: _scalar_body,
-    ConfusionMatrixMetric: _confusion_body,
+_BODY: dict[str, Callable[[Json, Any], Json]] = {
+    "bbox": _object_body,
+    "point": _object_body,
+    "polyline": _object_body,
+    "polygon": _object_body,
+    "mask": _object_body,
+    "radio": _classification_body,
+    "checklist": _classification_body,
+    "text": _classification_body,
+    "scalar_metric": _scalar_body,
+    "confusion_matrix_metric": _confusion_body,
 }
-_METRICS = (ScalarMetric, ConfusionMatrixMetric)
 _ND_KINDS: dict[type[Any], str] = {
     nd.NdBBoxLine: "bbox",
     nd.NdPointLine: "point",
@@ -237,11 +261,12 @@ _ND_KINDS: dict[type[Any], str] = {
 }
 
 
-def prediction_line(model_run_id: str, data_row: Json, index: int, prediction: Prediction) -> NdjsonLine:
-    """The NDJSON line of one typed prediction."""
-    body = _BODY[type(prediction)](data_row, prediction)
-    feature = None if isinstance(prediction, _METRICS) else prediction.feature_key()
-    return _finish(model_run_id, index, prediction.uuid, body, feature, prediction.type)
+def prediction_line(model_run_id: str, data_row: Json, index: int, prediction: Any) -> NdjsonLine:
+    """The NDJSON line of one typed prediction (a plain struct or a pydantic model)."""
+    kind: str = prediction.type
+    body = _BODY[kind](data_row, prediction)
+    feature = None if kind in METRIC_KINDS else feature_key(prediction)
+    return _finish(model_run_id, index, prediction.uuid, body, feature, kind)
 
 
 def _ndjson_line(model_run_id: str, index: int, line: Any) -> NdjsonLine:
@@ -254,15 +279,31 @@ def _ndjson_line(model_run_id: str, index: int, line: Any) -> NdjsonLine:
     return _finish(model_run_id, index, uuid.UUID(given) if given else None, body, feature, kind)
 
 
-def convert(message: PredictionMessage | NdjsonMessage) -> list[NdjsonLine]:
-    """All NDJSON lines of one validated message, in message order."""
+def _data_row(ref: Any) -> dict[str, str]:
+    """The NDJSON ``dataRow`` object."""
+    return {"globalKey": ref.global_key} if ref.global_key is not None else {"id": ref.id}
+
+
+def convert(message: Any) -> list[NdjsonLine]:
+    """All NDJSON lines of one validated message (``worker.decode.Message``), in message order."""
     run = message.model_run_id
     if isinstance(message, NdjsonMessage):
         return [_ndjson_line(run, i, line) for i, line in enumerate(message.ndjson)]
-    data_row = message.data_row.to_json()
-    return [prediction_line(run, data_row, i, p) for i, p in enumerate(message.predictions)]
+    data_row = _data_row(message.data_row)
+    lines = []
+    for index, prediction in enumerate(message.predictions):  # prediction_line, inlined (the hot path)
+        kind: str = prediction.type
+        if kind in METRIC_KINDS:
+            feature = None
+        else:
+            feature = name if (name := prediction.name) is not None else f"schemaId:{prediction.schema_id}"
+        body = _BODY[kind](data_row, prediction)
+        lines.append(_finish(run, index, prediction.uuid, body, feature, kind))
+    return lines
 
 
 def encode(lines: list[NdjsonLine]) -> bytes:
     """The NDJSON file of ``lines``: one line each, newline-terminated."""
-    return b"".join(line.data + b"\n" for line in lines)
+    if not lines:
+        return b""
+    return b"\n".join([line.data for line in lines]) + b"\n"

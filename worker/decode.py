@@ -13,8 +13,11 @@ from pydantic import ValidationError
 
 from schemas import MAX_MESSAGE_BYTES, MESSAGE_ADAPTER, NdjsonMessage, PredictionMessage
 from schemas.errors import summarize
+from worker import plain
 
-Message = PredictionMessage | NdjsonMessage
+#: A decoded message: the fast path's plain struct (``worker.plain.PredictionMessage``, typed format),
+#: or a pydantic model when pydantic accepted what the fast path left to it (NDJSON format, lax input).
+Message = plain.PredictionMessage | PredictionMessage | NdjsonMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,11 +31,18 @@ class Rejection:
 
 
 def decode(value: bytes | None, max_bytes: int = MAX_MESSAGE_BYTES) -> Message | Rejection:
-    """Validate one record value against contract v1."""
+    """Validate one record value against contract v1.
+
+    The fast path (``worker.plain``) answers for the typed messages it is sure of; for everything
+    else, rejections included, pydantic gives the verdict, the reason codes and the field paths.
+    """
     if not value:
         return Rejection("empty_message", ["the record has no value"])
     if len(value) > max_bytes:
         return Rejection("message_too_large", [f"{len(value)} bytes exceeds the limit of {max_bytes} bytes"])
+    fast = plain.decode_fast(value)
+    if fast is not None:
+        return fast
     try:
         return MESSAGE_ADAPTER.validate_json(value)
     except ValidationError as exc:

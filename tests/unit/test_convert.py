@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import uuid
 
-from worker.convert import _UUID_NAMESPACE, derive_uuid
+import pytest
+
+from worker.convert import _UUID_NAMESPACE, NdjsonLine, _new_line, derive_uuid
 
 
 def test_derived_uuid_is_a_version_5_uuid_of_the_documented_input() -> None:
@@ -24,3 +27,13 @@ def test_a_known_value_never_changes() -> None:
     # Changing this value re-keys every prediction already imported: redelivered messages would
     # duplicate instead of replacing. Only change it with a migration plan.
     assert derive_uuid("run", 0, b"{}") == "d3e064c2-02db-58e9-a3b0-e30046daee49"
+
+
+def test_the_fast_line_constructor_builds_the_same_frozen_line() -> None:
+    fields = ("u", "row", None, b'{"a":1}', "bbox", "id")
+    line = _new_line(*fields)
+    assert line == NdjsonLine(*fields)
+    assert hash(line) == hash(NdjsonLine(*fields))
+    assert [getattr(line, f.name) for f in dataclasses.fields(NdjsonLine)] == list(fields)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        line.uuid = "other"  # type: ignore[misc]

@@ -36,6 +36,7 @@ from tests.support.sdk_oracle import (
 )
 from worker.convert import NdjsonLine, convert
 from worker.decode import Rejection, decode
+from worker.plain import PredictionMessage as PlainMessage
 
 Json = dict[str, Any]
 RUN = "clmodelrun000000000000001"
@@ -806,7 +807,7 @@ def design_example_sdk() -> list[Any]:
 
 def test_design_example_as_json_bytes_through_decode() -> None:
     message = decode(orjson.dumps(DESIGN_EXAMPLE))
-    assert isinstance(message, PredictionMessage), message
+    assert isinstance(message, PlainMessage), message
     got = assert_matches_sdk(message, *design_example_sdk())
     assert len({line["uuid"] for line in got}) == len(got)
 
@@ -950,14 +951,14 @@ def test_ndjson_format_inline_mask_reaches_labelbox_as_a_0_1_png(png: str) -> No
 def test_same_message_same_bytes() -> None:
     value = orjson.dumps(DESIGN_EXAMPLE)
     first, second = decode(value), decode(value)
-    assert isinstance(first, PredictionMessage)
-    assert isinstance(second, PredictionMessage)
+    assert isinstance(first, PlainMessage)
+    assert isinstance(second, PlainMessage)
     data = [line.data for line in convert(first)]
     assert data == [line.data for line in convert(second)]
     assert data == [line.data for line in convert(first)]
-    _, republished = first.to_kafka()
+    _, republished = PredictionMessage.model_validate_json(value).to_kafka()
     again = decode(republished)
-    assert isinstance(again, PredictionMessage)
+    assert isinstance(again, PlainMessage)
     assert [line.data for line in convert(again)] == data
 
 
@@ -1024,7 +1025,7 @@ def test_explicit_uuid_passed_through() -> None:
 
 def test_data_parses_to_body_for_every_line() -> None:
     message = decode(orjson.dumps(DESIGN_EXAMPLE))
-    assert isinstance(message, PredictionMessage)
+    assert isinstance(message, PlainMessage)
     for line in convert(message):
         assert orjson.loads(line.data) == line.body
         assert json.loads(line.data.decode("utf-8")) == line.body

@@ -1,6 +1,7 @@
 """``worker.decode.decode``: one record value -> a message, or a rejection with a reason code, the field
-paths and the ids that could be read. Only the public contract; every rule of the schema itself is
-in ``test_schemas.py``."""
+paths and the ids that could be read. Only the public contract (which class carries an accepted
+message, the fast path's or pydantic's, is not part of it); every rule of the schema itself is in
+``test_schemas.py``."""
 
 from __future__ import annotations
 
@@ -9,9 +10,15 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas import MAX_MESSAGE_BYTES, REASON_CODES, NdjsonMessage, PredictionMessage
+from schemas import MAX_MESSAGE_BYTES, REASON_CODES
 from tests.support.factories import bbox, message
-from worker.decode import Rejection, decode
+from worker.decode import Message, Rejection, decode
+
+
+def accepted(value: bytes, **kwargs: Any) -> Message:
+    outcome = decode(value, **kwargs)
+    assert not isinstance(outcome, Rejection), f"rejected: {outcome!r}"
+    return outcome
 
 
 def rejected(value: bytes | None, **kwargs: Any) -> Rejection:
@@ -23,9 +30,9 @@ def rejected(value: bytes | None, **kwargs: Any) -> Rejection:
 
 
 def test_a_valid_typed_message_is_accepted() -> None:
-    outcome = decode(orjson.dumps(message(bbox(), message_id="m-1")))
-    assert isinstance(outcome, PredictionMessage)
-    assert (outcome.model_run_id, outcome.message_id) == ("mr-1", "m-1")
+    outcome = accepted(orjson.dumps(message(bbox(), bbox(name="other"), message_id="m-1")))
+    assert (outcome.model_run_id, outcome.message_id, outcome.payload_key) == ("mr-1", "m-1", "predictions")
+    assert [p.name for p in outcome.predictions] == ["box", "other"]  # type: ignore[union-attr]
 
 
 def test_a_valid_ndjson_message_is_accepted() -> None:
@@ -35,8 +42,8 @@ def test_a_valid_ndjson_message_is_accepted() -> None:
         "name": "box",
         "bbox": {"top": 1, "left": 2, "height": 3, "width": 4},
     }
-    outcome = decode(orjson.dumps({"model_run_id": "mr-1", "ndjson": [line]}))
-    assert isinstance(outcome, NdjsonMessage)
+    outcome = accepted(orjson.dumps({"model_run_id": "mr-1", "ndjson": [line]}))
+    assert (outcome.model_run_id, outcome.message_id, outcome.payload_key) == ("mr-1", None, "ndjson")
 
 
 @pytest.mark.parametrize("value", [None, b""])
@@ -46,7 +53,7 @@ def test_no_value_is_an_empty_message(value: bytes | None) -> None:
 
 def test_the_size_limit_is_checked_before_parsing_and_named_in_the_error() -> None:
     value = orjson.dumps(message(bbox()))
-    assert isinstance(decode(value, max_bytes=len(value)), PredictionMessage), "the limit itself is allowed"
+    accepted(value, max_bytes=len(value))  # the limit itself is allowed
     too_large = rejected(value, max_bytes=len(value) - 1)
     assert too_large.reason == "message_too_large"
     assert too_large.errors == [f"{len(value)} bytes exceeds the limit of {len(value) - 1} bytes"]

@@ -15,6 +15,7 @@ from PIL import Image
 
 from schemas import (
     MAX_PER_FEATURE,
+    MESSAGE_ADAPTER,
     REASON_CODES,
     BBox,
     BBoxPrediction,
@@ -28,6 +29,7 @@ from schemas.masks import mask_to_rle_counts, rle_counts_from_string, rle_to_mas
 from tests.support.factories import bbox, every_type, message, png_b64, point, radio
 from worker.convert import convert
 from worker.decode import Rejection, decode
+from worker.plain import PredictionMessage as PlainMessage
 
 Json = dict[str, Any]
 
@@ -41,7 +43,7 @@ def _reject(payload: Json | bytes) -> Rejection:
 
 def test_every_type_is_accepted() -> None:
     result = decode(orjson.dumps(message(*every_type())))
-    assert isinstance(result, PredictionMessage)
+    assert isinstance(result, PlainMessage)  # the fast path's struct
     assert len(result.predictions) == len(every_type())
 
 
@@ -396,7 +398,7 @@ def test_more_than_5000_per_feature_is_rejected() -> None:
 def test_5000_per_feature_is_accepted_and_other_features_do_not_count() -> None:
     predictions = [{"type": "point", "name": "p", "point": point(i, i)} for i in range(MAX_PER_FEATURE)]
     predictions.append({"type": "point", "name": "q", "point": point()})
-    assert isinstance(decode(orjson.dumps(message(*predictions))), PredictionMessage)
+    assert isinstance(decode(orjson.dumps(message(*predictions))), PlainMessage)
 
 
 @pytest.mark.parametrize(
@@ -471,7 +473,10 @@ def test_to_kafka_round_trips() -> None:
     )
     key, value = original.to_kafka()
     assert key == b"mr-9"
-    assert decode(value) == original
+    assert MESSAGE_ADAPTER.validate_json(value) == original
+    decoded = decode(value)  # the fast path's struct: the same lines as the model
+    assert isinstance(decoded, PlainMessage)
+    assert [line.data for line in convert(decoded)] == [line.data for line in convert(original)]
 
 
 @pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")  # pycocotools on numpy 2

@@ -5,7 +5,6 @@ checked in-process in ``tests/unit/test_cli.py``.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from importlib import metadata
@@ -15,6 +14,7 @@ import orjson
 import pytest
 
 from schemas.jsonschema import render
+from tests.support.workers import worker_env
 from worker.cli import COMMANDS, DISTRIBUTION
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,7 +22,6 @@ LBWORKER = Path(sys.executable).with_name("lbworker")
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "LABELBOX_"))}
     return subprocess.run(
         [*args],
         capture_output=True,
@@ -30,7 +29,7 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         cwd=ROOT,
         timeout=60,
         check=False,
-        env={**clean, **(env or {})},
+        env=worker_env(**(env or {})),
     )
 
 

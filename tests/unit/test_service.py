@@ -15,7 +15,7 @@ from worker import service as service_module
 from worker.labelbox import AuthenticationError, RequestRejected, TransientError
 from worker.pipeline import EXIT_AUTH, EXIT_OK, EXIT_SETTINGS
 from worker.service import Service
-from worker.settings import Settings
+from worker.settings import OWN_PREFIXES, Settings
 
 
 def settings(**overrides: Any) -> Settings:
@@ -119,7 +119,7 @@ def test_invalid_settings_exit_2_with_one_line(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     for name in list(os.environ):
-        if name.startswith(("KAFKA_", "LABELBOX_", "UPLOAD_")):
+        if name.startswith(OWN_PREFIXES):
             monkeypatch.delenv(name)
     monkeypatch.setenv("LABELBOX_API_KEY", "k")
     monkeypatch.setenv("UPLOAD_CONCURRENCY", "0")

@@ -1,4 +1,6 @@
-"""Worker processes for tests: the one environment builder, and ``python -m worker run`` as a child."""
+"""Worker processes for tests: the one environment builder (``worker_env``, also for the sandbox, the demo
+and the command line), ``python -m worker run`` as an asyncio child (``worker_process``), and its JSON
+log read back (``read_jsonl``). The synchronous launcher is ``tests.support.processes``."""
 
 from __future__ import annotations
 

@@ -26,6 +26,25 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
+def accepts(port: int, timeout_s: float = 0.5, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts a TCP connection on ``host:port`` now."""
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout_s):
+        return True
+    return False
+
+
+def stop_child(process: subprocess.Popen[bytes], timeout_s: float) -> int:
+    """SIGTERM, wait up to ``timeout_s``, then SIGKILL and wait again; the exit status (idempotent)."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout_s)
+    return int(process.returncode)
+
+
 #: Runs in a fresh interpreter between fork and the real program: asks Linux to SIGKILL this
 #: process when its parent ends (PR_SET_PDEATHSIG = 1, kept across exec), then execs the program.
 #: A launcher rather than a ``preexec_fn``, which is unsafe in a process with threads.
@@ -87,7 +106,7 @@ class EmbeddedBroker:
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise RuntimeError(f"the embedded broker exited with status {self._process.returncode}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+            if accepts(self.port, 0.2):
                 return
             time.sleep(0.05)
         self.stop()
@@ -98,12 +117,7 @@ class EmbeddedBroker:
         if self._process is None:
             return
         process, self._process = self._process, None
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        stop_child(process, timeout_s=10)
 
     def kill(self) -> None:
         """SIGKILL the process now (idempotent)."""

@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 
+from devtools.embedded import accepts, free_port, stop_child
+
 #: The broker version the tests run (deploy/docker-compose.yml runs the same apache/kafka tag).
 KAFKA_VERSION = "4.4.0"
 SCALA_VERSION = "2.13"
@@ -164,13 +166,6 @@ def _copy_dependencies(home: Path, lib: Path, timeout_s: float) -> None:
     partial.rename(lib)
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago on ``host``."""
-    with socket.socket() as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
-
-
 @dataclass(frozen=True)
 class TlsFiles:
     """PEM files for the SSL listener: the broker's key + certificate chain in one file (PKCS#8 key,
@@ -242,13 +237,8 @@ class ApacheKafka:
         """SIGTERM the broker (a clean shutdown), SIGKILL after ``timeout_s``; remove its directories.
         Idempotent; blocks until the JVM is gone."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=timeout_s)
+        if process is not None:
+            stop_child(process, timeout_s)
         home, self._home = self._home, None
         if home is not None:
             shutil.rmtree(home, ignore_errors=True)
@@ -388,7 +378,7 @@ class ApacheKafka:
         while time.monotonic() < deadline:
             if not self.running:
                 raise KafkaUnavailable(f"Apache Kafka exited at start:\n{self.log_tail()}")
-            if _accepts(self.port) and metadata_answers(self.bootstrap):
+            if accepts(self.port) and metadata_answers(self.bootstrap):
                 return
             time.sleep(0.2)
         raise KafkaUnavailable(
@@ -399,12 +389,6 @@ class ApacheKafka:
 def _cluster_id() -> str:
     """A random 16-byte UUID in Kafka's URL-safe base64 (what ``kafka-storage random-uuid`` prints)."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
-
-
-def _accepts(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
-        return True
-    return False
 
 
 def metadata_answers(bootstrap: str, timeout_s: float = 5.0) -> bool:

@@ -150,7 +150,7 @@ async def _send_ground_truth(settings: LabelboxSettings, args: argparse.Namespac
         started = time.monotonic()
 
         def progress(status: TaskStatus) -> None:
-            out.write(f"  {time.monotonic() - started:6.1f}s  {status.status}\n")
+            out.write(f"  {time.monotonic() - started:6.1f}s  {status.reported_status}\n")
             out.flush()
 
         status = await until_done(
@@ -165,7 +165,10 @@ async def _send_ground_truth(settings: LabelboxSettings, args: argparse.Namespac
     if status.status == "COMPLETE":
         out.write("ground truth registered\n")
         return EXIT_OK
-    out.write(f"ground truth NOT registered: {status.status} {status.error_message or ''}\n".rstrip() + "\n")
+    out.write(
+        f"ground truth NOT registered: {status.reported_status} {status.error_message or ''}\n".rstrip()
+        + "\n"
+    )
     return EXIT_FOUND_PROBLEMS
 
 

@@ -311,7 +311,9 @@ class ImportRunner:
             first=state,
         )
         if not state.done:
-            raise TransientError(f"import {state.name} still {state.state} at the deadline", "import_timeout")
+            raise TransientError(
+                f"import {state.name} still {state.reported_state} at the deadline", "import_timeout"
+            )
         return state
 
     async def _poll(self, state: ImportState) -> ImportState:
@@ -374,6 +376,7 @@ def _row_problem(line: NdjsonLine, status: RowStatus | None) -> str | None:
     if status.status == "SUCCESS":
         return None
     details = (
-        "; ".join(f"{e.get('name', 'Error')}: {e.get('message', '')}" for e in status.errors) or status.status
+        "; ".join(f"{e.get('name', 'Error')}: {e.get('message', '')}" for e in status.errors)
+        or status.reported_status
     )
     return f"{line.uuid}: {details}"

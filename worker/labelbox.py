@@ -4,11 +4,15 @@ Errors say whether to retry (``retriable``). Transient failures (connection erro
 408/429/5xx, GraphQL INTERNAL_SERVER_ERROR) are retried with exponential backoff and full jitter
 for at most ``retry_max_s`` in total; a ``Retry-After`` answer is honoured (plus a little jitter so
 that workers do not retry in lockstep). Authentication failures and other 4xx are not retried.
+Time comes from injected clocks (``clock``: monotonic, for the retry budget, ``failing_since`` and
+round trips; ``wall_clock``: epoch seconds, for HTTP-date Retry-After) and waits go through an
+injected ``sleep``, so the retry policy is unit-tested without waiting.
 The API key is sent only in the Authorization header and never appears in errors or logs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime
 import email.utils
@@ -26,7 +30,6 @@ from tenacity import (
     AsyncRetrying,
     RetryCallState,
     retry_if_exception,
-    stop_before_delay,
 )
 
 T = TypeVar("T")
@@ -124,47 +127,104 @@ class ImportNameTaken(RequestRejected):
     """An import of this name exists in the model run (for example, created by a lost attempt)."""
 
 
+#: What an import is in (its ``state``). Read by :func:`import_state`: anything else is RUNNING.
+ImportStateName = Literal["RUNNING", "FINISHED", "FAILED"]
+#: How one row of a FINISHED import ended (a status-file line's ``status``). Read by
+#: :func:`row_outcome`: anything but SUCCESS is a FAILURE.
+RowOutcome = Literal["SUCCESS", "FAILURE"]
+#: What a model-run registration task is in. Read by :func:`task_state`: anything else is RUNNING.
+TaskStateName = Literal["RUNNING", "COMPLETE", "FAILED"]
+
+
+def import_state(value: object) -> ImportStateName:
+    """An import's ``state`` from the wire. An unknown value (a state Labelbox added, a missing one)
+    is read as still RUNNING: the import is polled again until it ends or its deadline passes,
+    rather than settling its rows on a guess."""
+    if value == "FINISHED":
+        return "FINISHED"
+    if value == "FAILED":
+        return "FAILED"
+    return "RUNNING"
+
+
+def row_outcome(value: object) -> RowOutcome:
+    """A status-file row's ``status`` from the wire: only SUCCESS is a success; anything else (an
+    unknown value, a missing one) is a FAILURE, so a row is never reported imported on a guess."""
+    return "SUCCESS" if value == "SUCCESS" else "FAILURE"
+
+
+def task_state(value: object) -> TaskStateName:
+    """A registration task's ``status`` from the wire; an unknown value is still RUNNING (polled
+    again until it ends or its deadline passes)."""
+    if value == "COMPLETE":
+        return "COMPLETE"
+    if value == "FAILED":
+        return "FAILED"
+    return "RUNNING"
+
+
 @dataclass(frozen=True, slots=True)
 class ImportState:
-    """A model-run prediction import as Labelbox reports it."""
+    """A model-run prediction import as Labelbox reports it.
+
+    ``state`` is read conservatively (:func:`import_state`); ``raw_state`` is what Labelbox wrote when
+    it differs (None: the same), for messages and logs: see :attr:`reported_state`."""
 
     id: str
     name: str
     model_run_id: str
-    state: str
+    state: ImportStateName
     progress: str | None = None
     status_file_url: str | None = None
     error_file_url: str | None = None
+    raw_state: str | None = None
 
     @property
     def done(self) -> bool:
         """FINISHED or FAILED."""
-        return self.state in ("FINISHED", "FAILED")
+        return self.state != "RUNNING"
+
+    @property
+    def reported_state(self) -> str:
+        """The state as Labelbox wrote it."""
+        return self.state if self.raw_state is None else self.raw_state
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ImportState:
+        raw = str(data.get("state"))
+        state = import_state(raw)
         return cls(
             id=str(data.get("id")),
             name=str(data.get("name")),
             model_run_id=str(data.get("modelRunId")),
-            state=str(data.get("state")),
+            state=state,
             progress=data.get("progress"),
             status_file_url=data.get("statusFileUrl"),
             error_file_url=data.get("errorFileUrl"),
+            raw_state=None if raw == state else raw,
         )
 
 
 @dataclass(frozen=True, slots=True)
 class RowStatus:
-    """One line of an import's status file."""
+    """One line of an import's status file. ``status`` is read conservatively (:func:`row_outcome`);
+    ``raw_status`` is what Labelbox wrote when it differs (None: the same)."""
 
     uuid: str
-    status: str
+    status: RowOutcome
     errors: list[dict[str, Any]] = field(default_factory=list)
+    raw_status: str | None = None
+
+    @property
+    def reported_status(self) -> str:
+        """The status as Labelbox wrote it."""
+        return self.status if self.raw_status is None else self.raw_status
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a Retry-After header (delta-seconds or HTTP-date), capped at 10 minutes."""
+def _retry_after(value: str | None, now: Callable[[], float] = time.time) -> float | None:
+    """Seconds from a Retry-After header (delta-seconds or HTTP-date), capped at 10 minutes.
+
+    ``now``: the wall clock (epoch seconds) an HTTP-date is measured from; read only for a date."""
     if not value:
         return None
     try:
@@ -176,7 +236,7 @@ def _retry_after(value: str | None) -> float | None:
             return None
         if when.tzinfo is None:  # HTTP-dates are GMT
             when = when.replace(tzinfo=datetime.UTC)
-        seconds = when.timestamp() - time.time()
+        seconds = when.timestamp() - now()
     if math.isnan(seconds):
         return None
     return min(max(seconds, 0.0), 600.0)
@@ -229,24 +289,28 @@ def _errors_in(body: bytes) -> list[Any] | None:
     return errors if isinstance(errors, list) and errors else None
 
 
-def _http_error(status: int, body: bytes, retry_after: str | None) -> LabelboxError:
-    """The error a non-200 answer means. Below 500 a GraphQL ``errors`` body decides, as in the SDK."""
+def _http_error(
+    status: int, body: bytes, retry_after: str | None, now: Callable[[], float] = time.time
+) -> LabelboxError:
+    """The error a non-200 answer means. Below 500 a GraphQL ``errors`` body decides, as in the SDK.
+
+    ``now``: the wall clock a Retry-After HTTP-date is measured from."""
     text = body[:300].decode("utf-8", "replace")
     errors = _errors_in(body) if status < 500 else None
     if errors is not None:
         error = _graphql_errors(errors)
         if isinstance(error, TransientError) and status == 429:
-            error.retry_after_s = _retry_after(retry_after)
+            error.retry_after_s = _retry_after(retry_after, now)
         return error
     if text.startswith(_RATE_LIMIT_PREFIX) or status == 429:
-        return TransientError(f"rate limited (HTTP {status}): {text}", "429", _retry_after(retry_after))
+        return TransientError(f"rate limited (HTTP {status}): {text}", "429", _retry_after(retry_after, now))
     if status == 401:
         return AuthenticationError("Labelbox answered HTTP 401: the API key is invalid")
     if status == 403:
         return Forbidden(f"Labelbox answered HTTP 403: no access ({text})", "FORBIDDEN")
     if status == 408 or status >= 500:
         return TransientError(
-            f"HTTP {status}: {text}", "5xx" if status >= 500 else "408", _retry_after(retry_after)
+            f"HTTP {status}: {text}", "5xx" if status >= 500 else "408", _retry_after(retry_after, now)
         )
     return RequestRejected(f"HTTP {status}: {text}")
 
@@ -266,7 +330,7 @@ def _transport_errors(what: str) -> Iterator[None]:
 #: retries) or ``failed`` (anything else).
 AttemptOutcome = Literal["ok", "overload", "failed"]
 OnResponse = Callable[[str, AttemptOutcome, float, float], None]
-"""Called after every attempt with (operation, outcome, started_at on time.monotonic, seconds it took)."""
+"""Called after every attempt with (operation, outcome, started_at on the client's clock, seconds it took)."""
 OnRetry = Callable[[str, str, float], None]
 """Called before each retry sleep with (operation, cause, seconds to sleep). ``on_attempt`` is called
 with the operation before every attempt, the first included."""
@@ -286,6 +350,9 @@ class LabelboxClient:
         on_attempt: Callable[[str], None] | None = None,
         on_response: OnResponse | None = None,
         rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
         self._url = graphql_url
         self._api_key = api_key
@@ -295,8 +362,11 @@ class LabelboxClient:
         self._on_attempt = on_attempt
         self._on_response = on_response
         self._rng = rng or random.Random()
+        self._clock = clock
+        self._wall_clock = wall_clock
+        self._sleep = sleep
         self._session: aiohttp.ClientSession | None = None
-        #: Monotonic time since which requests have been failing transiently (None: last one succeeded).
+        #: Since when (on ``clock``) requests have been failing transiently (None: last one succeeded).
         self.failing_since: float | None = None
 
     async def start(self) -> None:
@@ -327,25 +397,32 @@ class LabelboxClient:
         return self._rng.uniform(0, min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2 ** (state.attempt_number - 1)))
 
     async def _retrying(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        first_attempt_at = self._clock()
+
+        def out_of_budget(state: RetryCallState) -> bool:
+            """Never sleep past the budget (tenacity's ``stop_before_delay``, on the client's clock)."""
+            return self._clock() - first_attempt_at + state.upcoming_sleep >= self._retry_max_s
+
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
             if self.failing_since is None:
-                self.failing_since = time.monotonic()
+                self.failing_since = self._clock()
             if self._on_retry is not None and state.next_action is not None:
                 self._on_retry(operation, getattr(error, "cause", "error"), state.next_action.sleep)
 
         retrying = AsyncRetrying(
             retry=retry_if_exception(lambda e: isinstance(e, LabelboxError) and e.retriable),
             wait=self._wait,
-            stop=stop_before_delay(self._retry_max_s),  # never sleep past the budget
+            stop=out_of_budget,
             before_sleep=before_sleep,
+            sleep=self._sleep,
             reraise=True,
         )
 
         async def attempt() -> T:
             if self._on_attempt is not None:
                 self._on_attempt(operation)
-            started_at = time.monotonic()
+            started_at = self._clock()
             try:
                 result = await call()
             except LabelboxError as exc:
@@ -360,7 +437,7 @@ class LabelboxClient:
 
     def _respond(self, operation: str, outcome: AttemptOutcome, started_at: float) -> None:
         if self._on_response is not None:
-            self._on_response(operation, outcome, started_at, time.monotonic() - started_at)
+            self._on_response(operation, outcome, started_at, self._clock() - started_at)
 
     # --- transport -----------------------------------------------------------------------------
 
@@ -377,7 +454,9 @@ class LabelboxClient:
             async with self._session.post(self._url, data=data, headers=headers) as response:
                 body = await response.read()
                 if response.status != 200:
-                    raise _http_error(response.status, body, response.headers.get("Retry-After"))
+                    raise _http_error(
+                        response.status, body, response.headers.get("Retry-After"), self._wall_clock
+                    )
         return self._parse(body)
 
     @staticmethod
@@ -541,7 +620,7 @@ class LabelboxClient:
 
         async def call() -> TaskStatus:
             found = await self._query(TASK_STATUS[kind], {"where": {"id": task_id}}, _TASK_FIELD[kind]) or {}
-            return TaskStatus(str(found.get("status")), found.get("errorMessage"))
+            return TaskStatus.from_json(found)
 
         return await self._retrying("task_status", call)
 
@@ -560,7 +639,9 @@ class LabelboxClient:
                     if response.status in (403, 404):
                         raise StatusUrlExpired(f"status file URL answered HTTP {response.status}")
                     if response.status != 200:
-                        raise _http_error(response.status, body, response.headers.get("Retry-After"))
+                        raise _http_error(
+                            response.status, body, response.headers.get("Retry-After"), self._wall_clock
+                        )
             return _parse_statuses(body)
 
         return await self._retrying("status_file", call)
@@ -568,14 +649,28 @@ class LabelboxClient:
 
 @dataclass(frozen=True, slots=True)
 class TaskStatus:
-    """A model-run registration task: RUNNING, COMPLETE or FAILED."""
+    """A model-run registration task: RUNNING, COMPLETE or FAILED (read by :func:`task_state`);
+    ``raw_status`` is what Labelbox wrote when it differs (None: the same)."""
 
-    status: str
+    status: TaskStateName
     error_message: str | None = None
+    raw_status: str | None = None
 
     @property
     def done(self) -> bool:
-        return self.status in ("COMPLETE", "FAILED")
+        return self.status != "RUNNING"
+
+    @property
+    def reported_status(self) -> str:
+        """The status as Labelbox wrote it."""
+        return self.status if self.raw_status is None else self.raw_status
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TaskStatus:
+        raw = str(data.get("status"))
+        status = task_state(raw)
+        message = data.get("errorMessage")
+        return cls(status, message if isinstance(message, str) else None, None if raw == status else raw)
 
 
 def _parse_statuses(body: bytes) -> list[RowStatus]:
@@ -597,4 +692,8 @@ def _loads_or_none(raw: bytes) -> object:
 
 def _row(line: dict[str, Any]) -> RowStatus:
     errors = line.get("errors")
-    return RowStatus(line["uuid"], str(line.get("status")), errors if isinstance(errors, list) else [])
+    raw = str(line.get("status"))
+    status = row_outcome(raw)
+    return RowStatus(
+        line["uuid"], status, errors if isinstance(errors, list) else [], None if raw == status else raw
+    )

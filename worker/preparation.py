@@ -193,4 +193,7 @@ class DataRowRegistry:
         if status.status == "FAILED":
             raise RegistrationFailed(status.error_message or "data-row registration task FAILED")
         if status.status != "COMPLETE":
-            raise TransientError(f"data-row registration task {task_id} did not finish", "task_timeout")
+            raise TransientError(
+                f"data-row registration task {task_id} did not finish ({status.reported_status})",
+                "task_timeout",
+            )

@@ -7,7 +7,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from worker.dlq import DeadLetterWriter
 from worker.endpoints import OpsServer
@@ -23,13 +23,22 @@ log = logging.getLogger("worker.service")
 
 
 class Service:
-    """The worker process: Labelbox client, DLQ producer, consumer, ops server and the pipeline."""
+    """The worker process: Labelbox client, DLQ producer, consumer, ops server and the pipeline.
+
+    ``clock`` (monotonic seconds) is the one clock of the Labelbox client and the pipeline: the
+    client's ``started_at`` and ``failing_since`` are read on the pipeline's clock."""
 
     def __init__(
-        self, settings: Settings, metrics: Metrics | None = None, *, metrics_host: str | None = None
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        *,
+        metrics_host: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self.metrics = metrics or Metrics()
+        self._clock = clock
         self.labelbox = LabelboxClient(
             settings.labelbox_graphql_url,
             settings.labelbox_api_key,
@@ -38,6 +47,7 @@ class Service:
             on_retry=self._count_retry,
             on_attempt=lambda operation: self.metrics.upload_attempts.labels(operation).inc(),
             on_response=self._labelbox_answered,
+            clock=clock,
         )
         self._metrics_host = metrics_host if metrics_host is not None else settings.metrics_host
         self.pipeline: Pipeline | None = None
@@ -51,7 +61,7 @@ class Service:
     def _labelbox_answered(
         self, operation: str, outcome: AttemptOutcome, started_at: float, rtt_s: float
     ) -> None:
-        if self.pipeline is not None:  # the pipeline's clock is time.monotonic too
+        if self.pipeline is not None:  # started_at is on the pipeline's clock (the same ``clock``)
             self.pipeline.labelbox_answered(operation, outcome, started_at, rtt_s)
 
     def request_stop(self) -> None:
@@ -95,7 +105,10 @@ class Service:
         settings = self.settings
         ontologies = (
             OntologyCache(
-                self.labelbox, ttl_s=settings.ontology_ttl_s, min_refetch_s=settings.ontology_min_refetch_s
+                self.labelbox,
+                ttl_s=settings.ontology_ttl_s,
+                min_refetch_s=settings.ontology_min_refetch_s,
+                clock=self._clock,
             )
             if settings.ontology_check == "strict"
             else None
@@ -105,6 +118,7 @@ class Service:
                 self.labelbox,
                 poll_interval_s=settings.labelbox_poll_interval_s,
                 timeout_s=settings.labelbox_task_timeout_s,
+                clock=self._clock,
             )
             if settings.ensure_data_rows
             else None
@@ -117,6 +131,7 @@ class Service:
             labelbox=self.labelbox,
             ontologies=ontologies,
             data_rows=data_rows,
+            clock=self._clock,
         )
         if self._stop_requested:
             pipeline.request_stop()
@@ -144,7 +159,7 @@ class Service:
         unreachable; the drain has already committed what it could, so giving up here loses nothing.
         """
         deadline = pipeline.stop_deadline
-        remaining = self.settings.shutdown_timeout_s if deadline is None else deadline - time.monotonic()
+        remaining = self.settings.shutdown_timeout_s if deadline is None else deadline - self._clock()
         try:
             await asyncio.wait_for(stop, timeout=max(1.0, remaining))
         except TimeoutError:

@@ -109,8 +109,7 @@ class _Sandbox(SandboxProcess):
     """The benchmark's sandbox, with imports that take ``processing_delay_s`` to finish."""
 
     def __init__(self, log_path: Path, processing_delay_s: float) -> None:
-        super().__init__(log_path)
-        self._command[self._command.index("--processing-delay-s") + 1] = str(processing_delay_s)
+        super().__init__(log_path, processing_delay_s=processing_delay_s)
 
     def rate_limit(self) -> dict[str, float] | None:
         answer: dict[str, float] | None = self.admin("GET", "rate-limit")

@@ -1,12 +1,10 @@
-"""The command line: ``lbworker`` (the installed console script) and ``python -m worker``.
-
-Help is checked in-process (fast); the entry points, the version and the one-line errors as real
-processes.
+"""The command line as real processes: ``lbworker`` (the installed console script) and ``python -m
+worker``, the version, the one-line errors and the exit statuses. The parser and the help text are
+checked in-process in ``tests/unit/test_cli.py``.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from importlib import metadata
@@ -16,17 +14,14 @@ import orjson
 import pytest
 
 from schemas.jsonschema import render
-from worker.cli import COMMANDS, DISTRIBUTION, build_parser, settings_help
-from worker.settings import KafkaSettings, LabelboxSettings, Settings
+from tests.support.workers import worker_env
+from worker.cli import COMMANDS, DISTRIBUTION
 
 ROOT = Path(__file__).resolve().parents[2]
 LBWORKER = Path(sys.executable).with_name("lbworker")
-#: The statuses of "run" as the README's "Exit statuses" table documents them.
-RUN_STATUSES = {0, 1, 2, 3, 4}
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "LABELBOX_"))}
     return subprocess.run(
         [*args],
         capture_output=True,
@@ -34,16 +29,8 @@ def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         cwd=ROOT,
         timeout=60,
         check=False,
-        env={**clean, **(env or {})},
+        env=worker_env(**(env or {})),
     )
-
-
-def _help(*command: str) -> str:
-    parser = build_parser("lbworker")
-    if not command:
-        return parser.format_help()
-    subparsers = next(a for a in parser._actions if a.dest == "command")
-    return subparsers.choices[command[0]].format_help()  # type: ignore[attr-defined,no-any-return]
 
 
 def test_module_help_exits_0_with_plain_text() -> None:
@@ -60,47 +47,6 @@ def test_installed_script_runs_with_the_package_version() -> None:
     done = _run(str(LBWORKER), "--version")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == f"lbworker {metadata.version(DISTRIBUTION)}"
-
-
-@pytest.mark.parametrize("command", [c.name for c in COMMANDS])
-def test_each_command_help_says_what_it_reads_and_returns(command: str) -> None:
-    text = _help(command)
-    spec = next(c for c in COMMANDS if c.name == command)
-    assert "`" not in text
-    assert "lbworker " in text.split("example:\n  ")[1].splitlines()[0]
-    assert "exit statuses:" in text
-    for status in spec.statuses:
-        assert f"\n  {status:<3}  " in text
-    assert ("environment (default in brackets):" in text) == (spec.settings is not None)
-
-
-@pytest.mark.parametrize(
-    ("command", "model"),
-    [
-        ("run", Settings),
-        ("replay-dlq", KafkaSettings),
-        ("check", LabelboxSettings),
-        ("ontology", LabelboxSettings),
-    ],
-)
-def test_the_settings_listed_are_the_models_fields_with_their_defaults(command: str, model: type) -> None:
-    text = _help(command)
-    flat = " ".join(text.split())
-    for name in model.model_fields:
-        assert f"\n  {name.upper()} " in text, f"{name.upper()} missing from {command} --help"
-    assert "[required]" in text
-    if command == "run":
-        assert text.count("\n  ") >= len(Settings.model_fields)
-        assert "UPLOAD_CONCURRENCY           [4]" in text
-        assert "ADAPTIVE_CONCURRENCY         [true]" in text
-        assert "one of strict, off" in flat
-        assert "range [1, 256]" in flat
-        assert set(next(spec for spec in COMMANDS if spec.name == "run").statuses) == RUN_STATUSES
-
-
-def test_every_setting_has_a_description() -> None:
-    assert not [name for name, field in Settings.model_fields.items() if not field.description]
-    assert "KAFKA_TOPIC" in settings_help(KafkaSettings)
 
 
 @pytest.mark.parametrize(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.settings import OWN_PREFIXES
+from tests.support.workers import worker_env
 
 pytestmark = pytest.mark.integration
 
@@ -100,8 +100,7 @@ class Demo:
 
 @asynccontextmanager
 async def demo() -> AsyncIterator[Demo]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(OWN_PREFIXES)}
-    env["PYTHONUNBUFFERED"] = "1"
+    env = worker_env()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -9,7 +9,6 @@ whole file runs in a few seconds.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import random
 import time
 import traceback
@@ -28,8 +27,6 @@ from worker.labelbox import (
     RequestRejected,
     StatusUrlExpired,
     TransientError,
-    _http_error,
-    _retry_after,
 )
 
 pytestmark = pytest.mark.timeout(15)
@@ -437,48 +434,3 @@ async def test_injected_rng_makes_backoff_reproducible(server: Sandbox) -> None:
         assert retries.causes == ["5xx"], attempt
         sleeps.append(retries.sleeps)
     assert sleeps[0] == sleeps[1]
-
-
-# --- Retry-After parsing (unit) --------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("header", "seconds"),
-    [
-        (None, None),
-        ("", None),
-        ("soon", None),
-        ("5s", None),
-        ("0.3", 0.3),
-        (" 7 ", 7.0),
-        ("-5", 0.0),
-        ("601", 600.0),
-        ("1e9", 600.0),
-        ("inf", 600.0),
-        ("Sun, 06 Nov 1994 08:49:37 GMT", 0.0),  # in the past
-        ("Sunday, 06-Nov-94 08:49:37 GMT", 0.0),  # RFC 850 form, in the past
-        ("Sun, 06 Nov 2994 08:49:37 GMT", 600.0),  # far future: capped
-    ],
-)
-def test_retry_after_parsing(header: str | None, seconds: float | None) -> None:
-    assert _retry_after(header) == seconds
-
-
-def test_retry_after_http_date_in_the_near_future() -> None:
-    header = email.utils.formatdate(time.time() + 30, usegmt=True)
-    parsed = _retry_after(header)
-    assert parsed is not None
-    assert 28.0 <= parsed <= 30.0  # the date has whole-second precision
-
-
-def test_429_with_http_date_retry_after_is_transient_with_the_delay() -> None:
-    header = email.utils.formatdate(time.time() + 20, usegmt=True)
-    error = _http_error(429, b'{"message": "You have exceeded the API rate limit"}', header)
-    assert isinstance(error, TransientError)
-    assert error.cause == "429"
-    assert error.retry_after_s is not None
-    assert 18.0 <= error.retry_after_s <= 20.0
-
-
-def test_retry_after_nan_is_ignored() -> None:
-    assert _retry_after("nan") is None

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -13,10 +12,11 @@ import orjson
 
 from labelbox_sandbox import Sandbox
 from tests.conftest import API_KEY
+from tests.support import factories
 from tests.support.factories import bbox, every_type, message, radio
 from worker.cli_modelrun import feature_rows, format_table
 
-ONTOLOGY = json.loads((Path(__file__).parents[1] / "data" / "ontology_every_type.json").read_text())
+ONTOLOGY = factories.ontology_every_type()
 RUN = "run-commands"
 
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 import orjson
@@ -12,14 +10,22 @@ import pytest
 
 from labelbox_sandbox import Sandbox
 from tests.conftest import API_KEY
-from tests.support.factories import bbox, every_type, message, point, radio
+from tests.support.factories import (
+    bbox,
+    every_type,
+    message,
+    misplaced_at_depth_2,
+    ontology_every_type,
+    point,
+    radio,
+)
 from tests.support.kafka_helpers import produce, read_all
 from tests.support.worker_harness import make_topics, running, settings_for, wait_committed
 from worker.convert import convert
 from worker.decode import decode
 
 pytestmark = pytest.mark.integration
-ONTOLOGY = json.loads((Path(__file__).parents[1] / "data" / "ontology_every_type.json").read_text())
+ONTOLOGY = ontology_every_type()
 RUN = "run-onto"
 
 
@@ -46,20 +52,7 @@ MISMATCHES = [
     ),
     (
         "nested under the wrong parent, depth 2",
-        bbox(
-            classifications=[
-                {
-                    "type": "radio",
-                    "name": "sub",
-                    "answer": {
-                        "name": "s1",
-                        "classifications": [
-                            {"type": "checklist", "name": "box_flags", "answers": [{"name": "occluded"}]}
-                        ],
-                    },
-                }
-            ]
-        ),
+        misplaced_at_depth_2(),
         "predictions.0.classifications.0.answer.classifications.0.name: misplaced_classification",
     ),
 ]

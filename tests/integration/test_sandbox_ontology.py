@@ -29,23 +29,10 @@ from worker.labelbox import ImportState, LabelboxClient
 
 Json = dict[str, Any]
 MR = "clmodelrun000000000000001"
-NORMALIZED: Json = json.loads((Path(__file__).parents[1] / "data" / "ontology_every_type.json").read_text())
+NORMALIZED: Json = factories.ontology_every_type()
 EMPTY: Json = {"tools": [], "classifications": []}
 UNKNOWN_ANSWER = factories.radio(answer={"name": "zz"})
-MISPLACED = factories.bbox(
-    classifications=[
-        {
-            "type": "radio",
-            "name": "sub",
-            "answer": {
-                "name": "s1",
-                "classifications": [
-                    {"type": "checklist", "name": "box_flags", "answers": [{"name": "occluded"}]}
-                ],
-            },
-        }
-    ]
-)
+MISPLACED = factories.misplaced_at_depth_2()
 
 
 def payload(*predictions: Json) -> bytes:

@@ -15,7 +15,6 @@ The stream test prints one greppable line (``pytest -s``)::
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
 import signal
@@ -25,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 from hypothesis import HealthCheck, event, given
 from hypothesis import settings as hypothesis_settings
@@ -45,7 +43,7 @@ from tests.support.factories import bbox, every_type, message, radio
 from tests.support.kafka_helpers import DeadLettered, produce, read_dlq
 from tests.support.waiting import until
 from tests.support.worker_harness import settings_for, wait_committed
-from tests.support.workers import worker_process
+from tests.support.workers import read_jsonl, worker_process
 from worker.convert import convert
 from worker.decode import Rejection, decode
 from worker.dlq import H_ERROR, H_OFFSET, H_PARTITION, H_REASON, H_TOPIC, H_TRUNCATED
@@ -146,16 +144,6 @@ def status_kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} in /proc/{pid}/status")
 
 
-def log_events(path: Path) -> list[Json]:
-    events = []
-    for raw in path.read_bytes().splitlines():
-        with contextlib.suppress(orjson.JSONDecodeError):
-            entry = orjson.loads(raw)
-            if isinstance(entry, dict):
-                events.append(entry)
-    return events
-
-
 def check_dead_letter(record: Record, letters: list[DeadLettered], topic: str) -> None:
     bad = record.bad
     assert bad is not None
@@ -192,7 +180,7 @@ async def test_bad_input_goes_to_the_dlq_valid_input_flows_memory_stays_bounded(
     async with worker_process(settings, tmp_path, stop_timeout_s=stop_timeout_s) as child:
         worker, log_path = child.process, child.log_path
         joined = await until(
-            lambda: any(e.get("event") == "partitions_assigned" for e in log_events(log_path)), 30
+            lambda: any(e.get("event") == "partitions_assigned" for e in read_jsonl(log_path)), 30
         )
         assert joined, log_path.read_text()[-3000:]
         await asyncio.sleep(0.5)

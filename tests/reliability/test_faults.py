@@ -23,12 +23,10 @@ import asyncio
 import contextlib
 import itertools
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +35,7 @@ import aiohttp
 import orjson
 import pytest
 
-from devtools.embedded import broker_binary, free_port
+from devtools.embedded import accepts, broker_binary, free_port
 from labelbox_sandbox import FaultRule, Sandbox
 from labelbox_sandbox.state import ROW_FAILURE_ERROR_NAME
 from tests.apache_kafka import ApacheKafka
@@ -47,7 +45,7 @@ from tests.support.kafka_helpers import DeadLettered, committed, produce, read_d
 from tests.support.tcp_proxy import TcpProxy
 from tests.support.waiting import until
 from tests.support.worker_harness import make_topics, running, settings_for, wait_committed
-from tests.support.workers import stop_process, worker_env
+from tests.support.workers import RunningWorker, read_jsonl, stop_process, worker_process
 from worker.convert import convert
 from worker.decode import Rejection, decode
 from worker.dlq import H_ERROR, H_IMPORT, H_REASON, H_TOPIC
@@ -338,19 +336,49 @@ async def run_scenario(
             extra = await during(service) or {}
         assert not task.done(), f"the worker stopped: {task.result() if not task.cancelled() else task}"
     elapsed = time.monotonic() - started
-    outcome = Outcome(
-        case=case,
+    return await outcome_of(
+        case,
+        sandbox,
+        bootstrap,
+        topic,
         sent=sent,
-        stored={run: uuids_stored(sandbox, run) for run in sandbox.state.model_runs},
-        dlq=await read_dlq(bootstrap, f"{topic}.dlq"),
         committed=seen,
         ends=ends,
         samples=sampler.samples,
-        counts=sandbox.state.all_counts(),
         elapsed_s=elapsed,
+        runs=list(sandbox.state.model_runs),
         extra=extra,
     )
-    return outcome
+
+
+async def outcome_of(
+    case: str,
+    sandbox: Sandbox,
+    bootstrap: str,
+    topic: str,
+    *,
+    sent: list[Sent],
+    committed: dict[int, int | None],
+    ends: dict[int, int],
+    samples: list[Sample],
+    elapsed_s: float,
+    runs: Iterable[str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Outcome:
+    """What a scenario left behind: what the sandbox stores of ``runs`` (default :data:`RUNS`), the DLQ
+    topic, the counts."""
+    return Outcome(
+        case=case,
+        sent=sent,
+        stored={run: uuids_stored(sandbox, run) for run in (RUNS if runs is None else runs)},
+        dlq=await read_dlq(bootstrap, f"{topic}.dlq"),
+        committed=committed,
+        ends=ends,
+        samples=samples,
+        counts=sandbox.state.all_counts(),
+        elapsed_s=elapsed_s,
+        extra=extra or {},
+    )
 
 
 def sandbox_figures(sandbox: Sandbox) -> dict[str, Any]:
@@ -704,15 +732,15 @@ async def test_invalid_api_key_stops_with_status_3_and_commits_only_settled(
     started = time.monotonic()
     async with running(good):
         final = await wait_committed(bootstrap, good, ends, timeout_s=60)
-    outcome = Outcome(
-        case=f"invalid-api-key-{when}",
+    outcome = await outcome_of(
+        f"invalid-api-key-{when}",
+        sandbox,
+        bootstrap,
+        topic,
         sent=sent,
-        stored={run: uuids_stored(sandbox, run) for run in RUNS},
-        dlq=await read_dlq(bootstrap, f"{topic}.dlq"),
         committed=final,
         ends=ends,
         samples=sampler.samples,
-        counts=sandbox.state.all_counts(),
         elapsed_s=time.monotonic() - started,
         extra={
             "exit": status,
@@ -822,7 +850,7 @@ async def broker_behind_proxy() -> AsyncIterator[tuple[str, TcpProxy]]:
     )
     proxy = TcpProxy(listen, port=advertised)
     try:
-        assert await until(lambda: _accepts(listen) or process.returncode is not None, timeout_s=20)
+        assert await until(lambda: accepts(listen, 0.2) or process.returncode is not None, timeout_s=20)
         assert process.returncode is None, f"the broker exited with status {process.returncode}"
         await proxy.start()
         yield f"127.0.0.1:{proxy.port}", proxy
@@ -844,12 +872,6 @@ async def _apache_kafka_behind_proxy(listen: int, advertised: int) -> AsyncItera
     finally:
         await proxy.stop()
         kafka.stop()
-
-
-def _accepts(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-        return True
-    return False
 
 
 @dataclass
@@ -947,15 +969,15 @@ async def test_broker_outage_makes_the_worker_unready_then_it_finishes_the_strea
             after_gen = generation(service)
         status = task.result() if task.done() else None
         elapsed = time.monotonic() - started
-        outcome = Outcome(
-            case=f"broker-outage-session-{session_ms // 1000}s",
+        outcome = await outcome_of(
+            f"broker-outage-session-{session_ms // 1000}s",
+            sandbox,
+            bootstrap,
+            topic,
             sent=sent,
-            stored={run: uuids_stored(sandbox, run) for run in RUNS},
-            dlq=await read_dlq(bootstrap, f"{topic}.dlq"),
             committed=final,
             ends=ends,
             samples=sampler.samples,
-            counts=sandbox.state.all_counts(),
             elapsed_s=elapsed,
         )
         unready = [p for p in during if not p.ready]
@@ -1018,18 +1040,6 @@ RSS_CONSTANT_BYTES = 24 * 1024 * 1024
 BACKLOG = 2000  # messages of ~8.4 KB: a 16 MiB backlog, 64x the buffer
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    out = []
-    for raw in path.read_bytes().splitlines():
-        with contextlib.suppress(orjson.JSONDecodeError):
-            entry = orjson.loads(raw)
-            if isinstance(entry, dict):
-                out.append(entry)
-    return out
-
-
 def heavy_value(run: str, i: int) -> bytes:
     """~8.4 KB: a box and an 8000-character caption."""
     text = {"type": "text", "name": "caption", "answer": f"{i:06d} " + "x" * 8000}
@@ -1040,39 +1050,35 @@ def heavy_value(run: str, i: int) -> bytes:
 class MonitoredWorker:
     """A worker process running ``tests.support.monitored_worker``: its monitor samples and its JSON log."""
 
-    process: asyncio.subprocess.Process
+    running: RunningWorker
     monitor_path: Path
-    log_path: Path
+
+    @property
+    def log_path(self) -> Path:
+        return self.running.log_path
 
     def samples(self) -> list[dict[str, Any]]:
         return read_jsonl(self.monitor_path)
 
     def events(self, *names: str) -> list[dict[str, Any]]:
-        return [e for e in read_jsonl(self.log_path) if e.get("event") in names]
+        return self.running.events(*names)
 
     async def stop(self, timeout_s: float) -> int:
         """SIGTERM and wait for the exit status (graceful drain)."""
-        self.process.send_signal(signal.SIGTERM)
-        return await asyncio.wait_for(self.process.wait(), timeout_s)
+        self.running.process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.running.process.wait(), timeout_s)
 
 
 @contextlib.asynccontextmanager
 async def monitored_worker(settings: Settings, directory: Path) -> AsyncIterator[MonitoredWorker]:
-    monitor_path, log_path = directory / "monitor.jsonl", directory / "worker.log"
-    env = worker_env(settings, log_format="json", log_level="INFO", reliability_monitor=monitor_path)
-    with log_path.open("wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "tests.support.monitored_worker",
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield MonitoredWorker(process, monitor_path, log_path)
-    finally:
-        await stop_process(process)
+    """``tests.support.monitored_worker`` as :func:`worker_process` runs a worker, sampling into
+    ``directory/monitor.jsonl``."""
+    monitor_path = directory / "monitor.jsonl"
+    module = ("tests.support.monitored_worker",)
+    async with worker_process(
+        settings, directory, module=module, reliability_monitor=monitor_path
+    ) as running:
+        yield MonitoredWorker(running, monitor_path)
 
 
 @dataclass
@@ -1183,15 +1189,15 @@ async def test_slow_labelbox_keeps_memory_bounded_pauses_and_never_rebalances(
             status = await worker.stop(settings.shutdown_timeout_s + 10)
         largest = max(buffered_cost(run.encode(), value) for run, value in values)
         figures = slow_figures(worker, window, baseline_kib, largest, stopped_at)
-        outcome = Outcome(
-            case="slow-labelbox",
+        outcome = await outcome_of(
+            "slow-labelbox",
+            sandbox,
+            bootstrap,
+            topic,
             sent=sent,
-            stored={run: uuids_stored(sandbox, run) for run in RUNS},
-            dlq=await read_dlq(bootstrap, f"{topic}.dlq"),
             committed=final,
             ends=ends,
             samples=[],
-            counts=sandbox.state.all_counts(),
             elapsed_s=time.monotonic() - started,
             extra={
                 "backlog_mib": round(sum(len(v) for _, v in values) / 2**20, 1),

@@ -29,7 +29,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from devtools.embedded import create_topics
 from tests.support.kafka_helpers import committed, produce
-from tests.support.reliability_procs import Processes, SandboxProcess, WorkerProcess, http_text
+from tests.support.processes import Processes, SandboxProcess, WorkerProcess, http_text
 from tests.support.waiting import until_blocking
 from worker.convert import convert
 from worker.decode import Rejection, decode

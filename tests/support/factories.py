@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 from PIL import Image
 
 Json = dict[str, Any]
@@ -69,3 +71,24 @@ def every_type() -> list[Json]:
             "value": {"0.1": [1, 2, 3, 4], "0.9": [0, 0, 0, 1]},
         },
     ]
+
+
+#: The ontology every :func:`every_type` prediction fits (Labelbox's ``normalized`` JSON).
+ONTOLOGY_EVERY_TYPE_FILE = Path(__file__).parents[1] / "data" / "ontology_every_type.json"
+
+
+def ontology_every_type() -> Json:
+    """tests/data/ontology_every_type.json, parsed (a fresh copy: callers may change it)."""
+    loaded: Json = orjson.loads(ONTOLOGY_EVERY_TYPE_FILE.read_bytes())
+    return loaded
+
+
+def misplaced_at_depth_2() -> Json:
+    """A box whose ``sub`` answer ``s1`` holds ``box_flags``, a classification of the box itself: it
+    does not fit :func:`ontology_every_type` (misplaced, two levels down)."""
+    flags = {"type": "checklist", "name": "box_flags", "answers": [{"name": "occluded"}]}
+    return bbox(
+        classifications=[
+            {"type": "radio", "name": "sub", "answer": {"name": "s1", "classifications": [flags]}}
+        ]
+    )

@@ -1,4 +1,6 @@
-"""Worker processes for tests: the one environment builder, and ``python -m worker run`` as a child."""
+"""Worker processes for tests: the one environment builder (``worker_env``, also for the sandbox, the demo
+and the command line), ``python -m worker run`` as an asyncio child (``worker_process``), and its JSON
+log read back (``read_jsonl``). The synchronous launcher is ``tests.support.processes``."""
 
 from __future__ import annotations
 
@@ -30,6 +32,19 @@ def worker_env(settings: Settings | None = None, **fields: object) -> dict[str, 
         if value is not None:
             env[name.upper()] = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
     return env | {name.upper(): str(value) for name, value in fields.items()}
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The JSON objects of a JSON-lines file (a log), skipping any other line; [] if there is none."""
+    if not path.exists():
+        return []
+    out = []
+    for raw in path.read_bytes().splitlines():
+        with contextlib.suppress(orjson.JSONDecodeError):
+            entry = orjson.loads(raw)
+            if isinstance(entry, dict):
+                out.append(entry)
+    return out
 
 
 async def stop_process(process: asyncio.subprocess.Process, timeout_s: float = 10) -> int:

@@ -14,8 +14,9 @@ from aiokafka import TopicPartition
 
 from tests.support.factories import bbox, message
 from worker.batcher import Batch, _stats
+from worker.convert import NdjsonLine
 from worker.envelope import Envelope, process_chunk
-from worker.imports import ImportRunner
+from worker.imports import ImportRunner, _row_problem
 from worker.labelbox import (
     AuthenticationError,
     Forbidden,
@@ -252,3 +253,12 @@ def test_labelbox_overloads_halve_the_upload_limit_and_uploads_grow_it(adaptive:
         run.labelbox_answered("create_import", "ok", started_at=1.0, rtt_s=0.1)
     run.labelbox_answered("status_file", "ok", started_at=1.0, rtt_s=0.1)  # not an upload: no signal
     assert limit() == (5 if adaptive else 8)
+
+
+def test_a_failed_row_is_explained_by_its_errors_or_else_by_the_status_labelbox_wrote() -> None:
+    line = NdjsonLine("u1", "img-1.jpg", "box", b"{}")
+    assert _row_problem(line, RowStatus("u1", "SUCCESS")) is None
+    assert _row_problem(line, RowStatus("u1", "FAILURE", [], "PARTIAL")) == "u1: PARTIAL"
+    errors = [{"name": "ValidationError", "message": "bad box"}]
+    assert _row_problem(line, RowStatus("u1", "FAILURE", errors)) == "u1: ValidationError: bad box"
+    assert _row_problem(line, None) == "u1: Labelbox reported no status for this row"

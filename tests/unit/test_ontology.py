@@ -12,8 +12,6 @@ checklist ``cl`` (option ``b`` holds a radio ``cl_reason``) and text ``tx``. Eve
 from __future__ import annotations
 
 import copy
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -45,8 +43,7 @@ CODES = {
     CONFLICTING_REFERENCE,
     MALFORMED_LINE,
 }
-ONTOLOGY_FILE = Path(__file__).parents[1] / "data" / "ontology_every_type.json"
-NORMALIZED: Json = json.loads(ONTOLOGY_FILE.read_text())
+NORMALIZED: Json = factories.ontology_every_type()
 ONTOLOGY = Ontology.from_normalized(NORMALIZED)
 
 
@@ -233,6 +230,21 @@ def test_metric_lines_fit_with_a_known_feature_name_or_none() -> None:
 
 S1 = ("box", "sub", "s1")
 QS1 = ("q", "a", "sub", "s1")
+
+
+def in_box_s1(*nested: Json) -> Json:
+    """A box whose radio ``sub`` is answered ``s1``, holding ``nested`` (depth 2 under a tool)."""
+    return box(radio("box", "sub", answer=answer("s1", nested=list(nested))))
+
+
+def in_q_a_s1(*nested: Json) -> Json:
+    """Radio ``q`` answered ``a``, whose radio ``sub`` is answered ``s1``, holding ``nested`` (depth 2
+    under a question's answer)."""
+    return radio(
+        "q", answer=answer("a", nested=[radio("q", "a", "sub", answer=answer("s1", nested=list(nested)))])
+    )
+
+
 MISMATCHES: list[tuple[str, Json, str, str]] = [
     ("unknown tool name", factories.bbox(name="car"), UNKNOWN_FEATURE, "name"),
     (
@@ -281,22 +293,7 @@ MISMATCHES: list[tuple[str, Json, str, str]] = [
     ),
     (
         "unknown answer at depth 2",
-        radio(
-            "q",
-            answer=answer(
-                "a",
-                nested=[
-                    radio(
-                        "q",
-                        "a",
-                        "sub",
-                        answer=answer(
-                            "s1", nested=[checklist(*QS1, "sub_detail", answers=[answer("d1"), answer("d9")])]
-                        ),
-                    )
-                ],
-            ),
-        ),
+        in_q_a_s1(checklist(*QS1, "sub_detail", answers=[answer("d1"), answer("d9")])),
         UNKNOWN_ANSWER,
         "answer.classifications.0.answer.classifications.0.answer.1.name",
     ),
@@ -344,32 +341,13 @@ MISMATCHES: list[tuple[str, Json, str, str]] = [
     ),
     (
         "depth 2: a depth-1 one, under a tool's answer",
-        box(
-            radio(
-                "box",
-                "sub",
-                answer=answer("s1", nested=[checklist("box", "box_flags", answers=[answer("occluded")])]),
-            )
-        ),
+        in_box_s1(checklist("box", "box_flags", answers=[answer("occluded")])),
         MISPLACED_CLASSIFICATION,
         "classifications.0.answer.classifications.0.name",
     ),
     (
         "depth 2: another scope's, under an answer",
-        radio(
-            "q",
-            answer=answer(
-                "a",
-                nested=[
-                    radio(
-                        "q",
-                        "a",
-                        "sub",
-                        answer=answer("s1", nested=[radio(*S1, "sub_grade", answer=answer("g1"))]),
-                    )
-                ],
-            ),
-        ),
+        in_q_a_s1(radio(*S1, "sub_grade", answer=answer("g1"))),
         MISPLACED_CLASSIFICATION,
         "answer.classifications.0.answer.classifications.0.name",
     ),
@@ -444,15 +422,7 @@ def test_messages_name_the_feature_and_what_is_allowed() -> None:
     assert "'s9'" in unknown.message
     assert "'sub'" in unknown.message
     assert "'s1', 's2'" in unknown.message
-    misplaced = check_one(
-        box(
-            radio(
-                "box",
-                "sub",
-                answer=answer("s1", nested=[checklist("box", "box_flags", answers=[answer("occluded")])]),
-            )
-        )
-    )
+    misplaced = check_one(in_box_s1(checklist("box", "box_flags", answers=[answer("occluded")])))
     assert misplaced is not None
     assert misplaced.message == (
         "classification 'box_flags' does not belong under box > sub > s1; the ontology has it under box "

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support import factories
 from worker.labelbox import TaskStatus
 from worker.ontology import Mismatch
 from worker.preparation import DataRowRegistry, NeedsFetch, OntologyCache, RegistrationFailed
 
-ONTOLOGY = json.loads((Path(__file__).parents[1] / "data" / "ontology_every_type.json").read_text())
+ONTOLOGY = factories.ontology_every_type()
 BOX = {"dataRow": {"globalKey": "a"}, "name": "box", "classifications": [], "bbox": {}}
 TRUCK = {**BOX, "name": "truck"}
 

@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, Protocol
 
@@ -44,6 +45,8 @@ from worker.retry import patiently, until_done
 from worker.settings import Settings
 
 log = logging.getLogger("worker.imports")
+#: Imports whose time to done ``first_poll_s`` looks back on.
+_SEEN_DONE_KEPT = 8
 #: How many times an expired status-file URL is refreshed (by polling the import) before giving up.
 _STATUS_URL_REFRESHES = 3
 #: GraphQL codes that refuse the request itself, whatever it carries: splitting the batch cannot help.
@@ -131,6 +134,8 @@ class ImportRunner:
         metrics.upload_concurrency_limit.set(self._slots.limit)
         self._forbidden = ForbiddenRuns(settings.labelbox_forbidden_ttl_s)
         self._last_ok: float | None = None  # when an import last settled
+        #: Seconds from create to the poll that saw the import done, of the last imports polled.
+        self._seen_done_s: deque[float] = deque(maxlen=_SEEN_DONE_KEPT)
 
     def labelbox_answered(
         self, operation: str, outcome: AttemptOutcome, started_at: float, rtt_s: float
@@ -299,17 +304,42 @@ class ImportRunner:
         if added:
             log.info("data_rows_registered", extra=ctx(model_run_id=batch.model_run_id, data_rows=added))
 
+    def first_poll_s(self) -> float:
+        """How long after its create the first poll of an import waits: ``LABELBOX_POLL_INTERVAL_S``,
+        or, while adaptive concurrency holds the limit below ``UPLOAD_CONCURRENCY`` (Labelbox is
+        overloaded), the shortest time recent imports took to be seen done, if longer: a poll that
+        finds an import still running spends a token of the shared rate limit a create needs."""
+        interval = self._settings.labelbox_poll_interval_s
+        if self._slots.limit >= self._slots.controller.maximum or not self._seen_done_s:
+            return interval
+        return max(interval, min(self._seen_done_s))
+
     async def _follow(self, state: ImportState) -> ImportState:
         settings = self._settings
+        created_at = asked_at = self._clock()
+        pauses = 0
+
+        async def pause(interval_s: float) -> None:
+            nonlocal pauses
+            pauses += 1
+            await self._sleep(self.first_poll_s() if pauses == 1 else interval_s)
+
+        async def poll() -> ImportState:
+            nonlocal asked_at
+            asked_at = self._clock()
+            return await self._poll(state)
+
         state = await until_done(
-            lambda: self._poll(state),
+            poll,
             lambda s: s.done,
             interval_s=settings.labelbox_poll_interval_s,
             timeout_s=settings.labelbox_import_timeout_s,
             clock=self._clock,
-            sleep=self._sleep,
+            sleep=pause,
             first=state,
         )
+        if state.done and pauses:
+            self._seen_done_s.append(asked_at - created_at)
         if not state.done:
             raise TransientError(f"import {state.name} still {state.state} at the deadline", "import_timeout")
         return state

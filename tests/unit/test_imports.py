@@ -252,3 +252,70 @@ def test_labelbox_overloads_halve_the_upload_limit_and_uploads_grow_it(adaptive:
         run.labelbox_answered("create_import", "ok", started_at=1.0, rtt_s=0.1)
     run.labelbox_answered("status_file", "ok", started_at=1.0, rtt_s=0.1)  # not an upload: no signal
     assert limit() == (5 if adaptive else 8)
+
+
+@dataclass
+class TimedLabelbox(FakeLabelbox):
+    """Imports finish ``processing_s`` after their create, on the test's clock; polls are counted."""
+
+    clock: Clock = field(default_factory=Clock)
+    processing_s: float = 1.2
+    created_at: dict[str, float] = field(default_factory=dict)
+    polls: int = 0
+
+    async def create_import(self, model_run_id: str, name: str, payload: bytes) -> ImportState:
+        state = await super().create_import(model_run_id, name, payload)
+        self.created_at[name] = self.clock.now
+        return state
+
+    async def get_import(self, model_run_id: str, name: str) -> ImportState | None:
+        self.polls += 1
+        if self.clock.now < self.created_at[name] + self.processing_s:
+            return ImportState("id", name, model_run_id, "RUNNING")
+        return await super().get_import(model_run_id, name)
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+async def test_under_overload_the_first_poll_waits_for_the_time_imports_took(adaptive: bool) -> None:
+    clock = Clock()
+    client, settlement = TimedLabelbox(clock=clock), FakeSettlement()
+    run = ImportRunner(
+        settings(upload_concurrency=4, adaptive_concurrency=adaptive, labelbox_poll_interval_s=0.5),
+        Metrics(),
+        client,
+        settlement,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert run.first_poll_s() == 0.5, "nothing seen yet"
+    await run.upload(batch_of(2))
+    assert client.polls == 3, "at the maximum limit: every 0.5 s (0.5, 1.0, 1.5)"
+    assert run.first_poll_s() == 0.5, "not overloaded: the configured interval"
+    run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
+    await run.upload(batch_of(2, run="run-b"))
+    if adaptive:
+        assert run.first_poll_s() == 1.5, "the limit is lowered: wait as long as imports took"
+        assert client.polls == 4, "one poll, at 1.5 s, finds it done"
+    else:
+        assert run.first_poll_s() == 0.5
+        assert client.polls == 6
+    assert len(settlement.settled) == 4
+    for _ in range(8):  # successes bring the limit back to its maximum: polls as configured again
+        run.labelbox_answered("create_import", "ok", started_at=clock.now, rtt_s=0.1)
+    assert run.first_poll_s() == 0.5
+
+
+async def test_the_first_poll_waits_at_least_the_configured_interval() -> None:
+    clock = Clock()
+    client, settlement = TimedLabelbox(clock=clock, processing_s=0.1), FakeSettlement()
+    run = ImportRunner(
+        settings(upload_concurrency=4, labelbox_poll_interval_s=0.5),
+        Metrics(),
+        client,
+        settlement,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    await run.upload(batch_of(2))
+    run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
+    assert run.first_poll_s() == 0.5

@@ -219,7 +219,8 @@ async def test_the_limiter_reports_its_waiters_with_each_success() -> None:
     slots.record_success()
     assert slots.limit == 3, "a success with an import waiting and quiet_s=0: one more at once"
     await _settle()
-    assert waiter.done() and slots.in_flight == 3
+    assert waiter.done()
+    assert slots.in_flight == 3
     slots.record_success()
     assert slots.limit == 3, "nothing waits: a run as long as the limit"
     assert changes == [4, 2, 3]

@@ -17,6 +17,10 @@ decrease: like TCP's one reduction per window of losses (and Vector's per-RTT ad
 overload signals is one congestion event, answered by one halving (the runner sets the window to its
 poll interval: until then, imports admitted before the decrease keep polling at the old rate).
 
+The run of successes that adds one is as long as the limit (one per round of imports, TCP's additive
+increase), or just one success when imports wait for a slot and no overload has been reported for
+``quiet_s`` (the runner: two poll intervals): the limit, not Labelbox, is then what holds them back.
+
 :class:`AimdController` is pure: no awaits, no I/O; time only from the injected clock.
 :class:`AdaptiveLimiter` is the asyncio shell that callers acquire and release around each import.
 """

@@ -143,6 +143,8 @@ class ImportRunner:
         self._last_ok: float | None = None  # when an import last settled
         #: Seconds from create to the poll that saw the import done, of the last imports polled.
         self._seen_done_s: deque[float] = deque(maxlen=_SEEN_DONE_KEPT)
+        #: A 429 or 5xx came since the limit was last at its maximum (``first_poll_s``).
+        self._rate_limited = False
 
     def labelbox_answered(
         self, operation: str, outcome: AttemptOutcome, started_at: float, rtt_s: float
@@ -153,8 +155,11 @@ class ImportRunner:
         the moving baseline. ``started_at`` is on the runner's clock."""
         if outcome == "overload":
             self._slots.record_overload(started_at)
+            self._rate_limited = True
         elif outcome == "ok" and operation == "create_import":
             self._slots.record_success(rtt_s=rtt_s, started_at=started_at)
+        if self._slots.limit >= self._slots.controller.maximum:
+            self._rate_limited = False
 
     # --- forbidden model runs ------------------------------------------------------------------
 
@@ -313,11 +318,12 @@ class ImportRunner:
 
     def first_poll_s(self) -> float:
         """How long after its create the first poll of an import waits: ``LABELBOX_POLL_INTERVAL_S``,
-        or, while adaptive concurrency holds the limit below ``UPLOAD_CONCURRENCY`` (Labelbox is
-        overloaded), the shortest time recent imports took to be seen done, if longer: a poll that
-        finds an import still running spends a token of the shared rate limit a create needs."""
+        or, while adaptive concurrency holds the limit below ``UPLOAD_CONCURRENCY`` after a 429 or
+        5xx (Labelbox's rate limit is reached; not after a round-trip jump alone), the shortest time
+        recent imports took to be seen done, if longer: a poll that finds an import still running
+        spends a token of the shared rate limit a create needs."""
         interval = self._settings.labelbox_poll_interval_s
-        if self._slots.limit >= self._slots.controller.maximum or not self._seen_done_s:
+        if not self._rate_limited or not self._seen_done_s:
             return interval
         return max(interval, min(self._seen_done_s))
 

@@ -337,3 +337,24 @@ async def test_a_burst_of_overloads_within_a_poll_interval_halves_the_limit_once
     await clock.sleep(0.5)
     run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.01)
     assert metrics.registry.get_sample_value("lbworker_upload_concurrency_limit") == 2
+
+
+async def test_a_round_trip_jump_alone_lowers_the_limit_but_does_not_pace_polls() -> None:
+    clock, metrics = Clock(), Metrics()
+    client, settlement = TimedLabelbox(clock=clock), FakeSettlement()
+    run = ImportRunner(
+        settings(upload_concurrency=4, labelbox_poll_interval_s=0.5),
+        metrics,
+        client,
+        settlement,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    await run.upload(batch_of(2))
+    for _ in range(5):  # a baseline of 0.1 s uploads
+        run.labelbox_answered("create_import", "ok", started_at=clock.now, rtt_s=0.1)
+    run.labelbox_answered("create_import", "ok", started_at=clock.now, rtt_s=1.0)  # a jump
+    assert metrics.registry.get_sample_value("lbworker_upload_concurrency_limit") == 2
+    assert run.first_poll_s() == 0.5, "no 429 or 5xx: Labelbox's rate limit is not what was reached"
+    run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
+    assert run.first_poll_s() == 1.5

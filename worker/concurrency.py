@@ -12,14 +12,7 @@ otherwise halve the limit once each, down to 1). Nor is one that comes while mor
 flight than the lowered limit: a lowered limit takes effect only as imports finish, and until then
 the imports admitted before it keep sending requests (their polls) at the old rate, so their 429s too
 tell of that same congestion (counted, they would halve the limit again and again, down to 1, while
-the load has not yet changed). Nor, finally, is one that comes within ``event_window_s`` of the last
-decrease: like TCP's one reduction per window of losses (and Vector's per-RTT adjustment), a burst of
-overload signals is one congestion event, answered by one halving (the runner sets the window to its
-poll interval: until then, imports admitted before the decrease keep polling at the old rate).
-
-The run of successes that adds one is as long as the limit (one per round of imports, TCP's additive
-increase), or just one success when imports wait for a slot and no overload has been reported for
-``quiet_s`` (the runner: two poll intervals): the limit, not Labelbox, is then what holds them back.
+the load has not yet changed).
 
 :class:`AimdController` is pure: no awaits, no I/O; time only from the injected clock.
 :class:`AdaptiveLimiter` is the asyncio shell that callers acquire and release around each import.
@@ -47,12 +40,7 @@ class AimdController:
     that stale signals are recognised). ``adaptive=False`` keeps the limit at ``maximum`` whatever
     is reported (``ADAPTIVE_CONCURRENCY=false``). ``growth_run``: consecutive successes that add one
     to the limit; None (default) means as many as the current limit (one per round of requests,
-    TCP's additive increase). ``event_window_s``: overload signals within this many seconds of the
-    last decrease belong to the congestion event it answered (0: only the stale rules apply).
-    ``quiet_s``: once no overload has been reported for this long, a success reported while imports
-    wait for a slot (``waiting``) adds one at once (a run of one): the limit, not Labelbox, is then
-    what holds the imports back (None: never).
-    ``rtt_jump_factor``, ``baseline_weight``, ``baseline_samples``: see
+    TCP's additive increase). ``rtt_jump_factor``, ``baseline_weight``, ``baseline_samples``: see
     the module constants.
     """
 
@@ -63,8 +51,6 @@ class AimdController:
         *,
         adaptive: bool = True,
         growth_run: int | None = None,
-        event_window_s: float = 0.0,
-        quiet_s: float | None = None,
         rtt_jump_factor: float = DEFAULT_RTT_JUMP_FACTOR,
         baseline_weight: float = DEFAULT_BASELINE_WEIGHT,
         baseline_samples: int = DEFAULT_BASELINE_SAMPLES,
@@ -73,17 +59,12 @@ class AimdController:
             raise ValueError(f"maximum must be at least 1, got {maximum}")
         if growth_run is not None and growth_run < 1:
             raise ValueError(f"growth_run must be at least 1, got {growth_run}")
-        if event_window_s < 0:
-            raise ValueError(f"event_window_s must not be negative, got {event_window_s}")
         if rtt_jump_factor <= 1 or not 0 < baseline_weight <= 1:
             raise ValueError("rtt_jump_factor must exceed 1 and baseline_weight be in (0, 1]")
         self.maximum = maximum
         self.adaptive = adaptive
         self._clock = clock
         self._growth_run = growth_run
-        self._event_window_s = event_window_s
-        self._quiet_s = quiet_s
-        self._last_overload_at: float | None = None
         self._jump = rtt_jump_factor
         self._weight = baseline_weight
         self._samples_needed = baseline_samples
@@ -108,15 +89,10 @@ class AimdController:
         return self._clock()
 
     def on_success(
-        self,
-        rtt_s: float | None = None,
-        started_at: float | None = None,
-        in_flight: int | None = None,
-        waiting: int = 0,
+        self, rtt_s: float | None = None, started_at: float | None = None, in_flight: int | None = None
     ) -> None:
         """A request succeeded, in ``rtt_s`` seconds if measured. A round-trip time over
-        ``rtt_jump_factor`` times the baseline counts as an overload; otherwise it is a success
-        (``waiting``: how many wait for a slot now, for ``quiet_s``)."""
+        ``rtt_jump_factor`` times the baseline counts as an overload; otherwise it is a success."""
         jumped = rtt_s is not None and self._jumped(rtt_s)
         if rtt_s is not None:
             self._fold(rtt_s)
@@ -124,34 +100,25 @@ class AimdController:
             self.on_overload(started_at, in_flight)
             return
         self._run += 1
-        if self._run >= (1 if waiting and self._quiet() else self._growth_run or self._limit):
+        if self._run >= (self._growth_run or self._limit):
             self._run = 0
             if self.adaptive:
                 self._limit = min(self.maximum, self._limit + 1)
 
     def on_overload(self, started_at: float | None = None, in_flight: int | None = None) -> None:
         """A 429, a 5xx (or a round-trip jump): halve the limit, unless the request started before
-        the last decrease (``started_at`` on this clock; None: always counted), that decrease has
-        not taken effect yet (``in_flight``, the holders now, above the limit; None: not known) or
-        was less than ``event_window_s`` ago (the same congestion event)."""
+        the last decrease (``started_at`` on this clock; None: always counted) or that decrease has
+        not taken effect yet (``in_flight``, the holders now, above the limit; None: not known)."""
         self._run = 0
-        self._last_overload_at = self._clock()
-        last = self._last_decrease_at
         stale = (
-            (started_at is not None and last is not None and started_at < last)
-            or (in_flight is not None and in_flight > self._limit)
-            or (last is not None and self._clock() - last < self._event_window_s)
-        )
+            started_at is not None
+            and self._last_decrease_at is not None
+            and started_at < self._last_decrease_at
+        ) or (in_flight is not None and in_flight > self._limit)
         if stale or not self.adaptive:
             return
         self._limit = max(1, self._limit // 2)
         self._last_decrease_at = self._clock()
-
-    def _quiet(self) -> bool:
-        """No overload reported (counted or not) for ``quiet_s``."""
-        if self._quiet_s is None:
-            return False
-        return self._last_overload_at is None or self._clock() - self._last_overload_at >= self._quiet_s
 
     def _jumped(self, rtt_s: float) -> bool:
         return (
@@ -237,9 +204,9 @@ class AdaptiveLimiter:
             self.release()
 
     def record_success(self, rtt_s: float | None = None, started_at: float | None = None) -> None:
-        """See :meth:`AimdController.on_success` (with the holders and waiters now)."""
+        """See :meth:`AimdController.on_success` (with the holders now as ``in_flight``)."""
         before = self.limit
-        self.controller.on_success(rtt_s, started_at, self._in_flight, self.waiting)
+        self.controller.on_success(rtt_s, started_at, self._in_flight)
         self._moved_from(before)
 
     def record_overload(self, started_at: float | None = None) -> None:

@@ -45,9 +45,6 @@ from worker.retry import patiently, until_done
 from worker.settings import Settings
 
 log = logging.getLogger("worker.imports")
-#: Poll intervals without an overload after which the limit regrows by one per upload while
-#: imports wait for a slot (``AimdController``'s ``quiet_s``).
-_QUIET_POLLS = 2
 #: Imports whose time to done ``first_poll_s`` looks back on.
 _SEEN_DONE_KEPT = 8
 #: How many times an expired status-file URL is refreshed (by polling the import) before giving up.
@@ -131,11 +128,7 @@ class ImportRunner:
         self._clock = clock
         self._sleep = sleep
         controller = AimdController(
-            settings.upload_concurrency,
-            clock,
-            adaptive=settings.adaptive_concurrency,
-            event_window_s=settings.labelbox_poll_interval_s,
-            quiet_s=_QUIET_POLLS * settings.labelbox_poll_interval_s,
+            settings.upload_concurrency, clock, adaptive=settings.adaptive_concurrency
         )
         self._slots = AdaptiveLimiter(controller, on_change=metrics.upload_concurrency_limit.set)
         metrics.upload_concurrency_limit.set(self._slots.limit)

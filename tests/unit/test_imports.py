@@ -321,24 +321,6 @@ async def test_the_first_poll_waits_at_least_the_configured_interval() -> None:
     assert run.first_poll_s() == 0.5
 
 
-async def test_a_burst_of_overloads_within_a_poll_interval_halves_the_limit_once() -> None:
-    clock, metrics = Clock(), Metrics()
-    run = ImportRunner(
-        settings(upload_concurrency=8, labelbox_poll_interval_s=0.5),
-        metrics,
-        FakeLabelbox(),
-        FakeSettlement(),
-        clock=clock,
-        sleep=clock.sleep,
-    )
-    for _ in range(5):  # five 429s at once, each from a request sent at the decrease or after
-        run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.01)
-    assert metrics.registry.get_sample_value("lbworker_upload_concurrency_limit") == 4
-    await clock.sleep(0.5)
-    run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.01)
-    assert metrics.registry.get_sample_value("lbworker_upload_concurrency_limit") == 2
-
-
 async def test_a_round_trip_jump_alone_lowers_the_limit_but_does_not_pace_polls() -> None:
     clock, metrics = Clock(), Metrics()
     client, settlement = TimedLabelbox(clock=clock), FakeSettlement()

@@ -314,7 +314,9 @@ class ImportRunner:
         or, while adaptive concurrency holds the limit below ``UPLOAD_CONCURRENCY`` after a 429 or
         5xx (Labelbox's rate limit is reached; not after a round-trip jump alone), the shortest time
         recent imports took to be seen done, if longer: a poll that finds an import still running
-        spends a token of the shared rate limit a create needs."""
+        spends a token of the shared rate limit a create needs. While paced, that time can only grow
+        (an import is not seen done before its first poll); once the limit is back at its maximum,
+        imports polled every interval again let it shrink."""
         interval = self._settings.labelbox_poll_interval_s
         if not self._rate_limited or not self._seen_done_s:
             return interval

@@ -19,7 +19,8 @@ maximum, as a fresh worker does). Measured per round:
 - the fleet's upload concurrency limit (the sum of ``lbworker_upload_concurrency_limit`` over the
   replicas), sampled every ``SAMPLE_EVERY_S``: its time average and minimum.
 
-``python -m tests.bench.adaptive [--repeats N]`` runs this phase alone (its own broker and server).
+``python -m tests.bench.adaptive [--repeats N] [--trace]`` runs this phase alone (its own broker and server;
+``--trace``: a line a second per round).
 """
 
 from __future__ import annotations

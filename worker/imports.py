@@ -19,6 +19,7 @@ import asyncio
 import hashlib
 import logging
 import random
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, Protocol
 
@@ -44,6 +45,11 @@ from worker.retry import patiently, until_done
 from worker.settings import Settings
 
 log = logging.getLogger("worker.imports")
+#: Imports whose time to done ``first_poll_s`` looks back on.
+_SEEN_DONE_KEPT = 8
+#: An import found done at its first poll may have been done earlier: it is recorded as having taken
+#: this share of the wait, so the paced first poll probes down instead of creeping up by the loop's lag.
+_DONE_AT_FIRST_POLL_SHARE = 0.9
 #: How many times an expired status-file URL is refreshed (by polling the import) before giving up.
 _STATUS_URL_REFRESHES = 3
 #: GraphQL codes that refuse the request itself, whatever it carries: splitting the batch cannot help.
@@ -131,6 +137,10 @@ class ImportRunner:
         metrics.upload_concurrency_limit.set(self._slots.limit)
         self._forbidden = ForbiddenRuns(settings.labelbox_forbidden_ttl_s)
         self._last_ok: float | None = None  # when an import last settled
+        #: Seconds from create to the poll that saw the import done, of the last imports polled.
+        self._seen_done_s: deque[float] = deque(maxlen=_SEEN_DONE_KEPT)
+        #: A 429 or 5xx came since the limit was last at its maximum (``first_poll_s``).
+        self._rate_limited = False
 
     def labelbox_answered(
         self, operation: str, outcome: AttemptOutcome, started_at: float, rtt_s: float
@@ -141,8 +151,11 @@ class ImportRunner:
         the moving baseline. ``started_at`` is on the runner's clock."""
         if outcome == "overload":
             self._slots.record_overload(started_at)
+            self._rate_limited = True
         elif outcome == "ok" and operation == "create_import":
             self._slots.record_success(rtt_s=rtt_s, started_at=started_at)
+        if self._slots.limit >= self._slots.controller.maximum:
+            self._rate_limited = False
 
     # --- forbidden model runs ------------------------------------------------------------------
 
@@ -299,17 +312,46 @@ class ImportRunner:
         if added:
             log.info("data_rows_registered", extra=ctx(model_run_id=batch.model_run_id, data_rows=added))
 
+    def first_poll_s(self) -> float:
+        """How long after its create the first poll of an import waits: ``LABELBOX_POLL_INTERVAL_S``,
+        or, while adaptive concurrency holds the limit below ``UPLOAD_CONCURRENCY`` after a 429 or
+        5xx (Labelbox's rate limit is reached; not after a round-trip jump alone), the shortest time
+        recent imports took to be seen done, if longer: a poll that finds an import still running
+        spends a token of the shared rate limit a create needs. An import found done at its first
+        poll counts as having taken 90 % of that wait (it may have been done earlier), so the wait
+        probes down towards the imports' real time instead of creeping up by the event loop's lag."""
+        interval = self._settings.labelbox_poll_interval_s
+        if not self._rate_limited or not self._seen_done_s:
+            return interval
+        return max(interval, min(self._seen_done_s))
+
     async def _follow(self, state: ImportState) -> ImportState:
         settings = self._settings
+        created_at = asked_at = self._clock()
+        pauses = 0
+
+        async def pause(interval_s: float) -> None:
+            nonlocal pauses
+            pauses += 1
+            await self._sleep(self.first_poll_s() if pauses == 1 else interval_s)
+
+        async def poll() -> ImportState:
+            nonlocal asked_at
+            asked_at = self._clock()
+            return await self._poll(state)
+
         state = await until_done(
-            lambda: self._poll(state),
+            poll,
             lambda s: s.done,
             interval_s=settings.labelbox_poll_interval_s,
             timeout_s=settings.labelbox_import_timeout_s,
             clock=self._clock,
-            sleep=self._sleep,
+            sleep=pause,
             first=state,
         )
+        if state.done and pauses:
+            took = asked_at - created_at
+            self._seen_done_s.append(took * _DONE_AT_FIRST_POLL_SHARE if pauses == 1 else took)
         if not state.done:
             raise TransientError(
                 f"import {state.name} still {state.reported_state} at the deadline", "import_timeout"

@@ -19,7 +19,8 @@ maximum, as a fresh worker does). Measured per round:
 - the fleet's upload concurrency limit (the sum of ``lbworker_upload_concurrency_limit`` over the
   replicas), sampled every ``SAMPLE_EVERY_S``: its time average and minimum.
 
-``python -m tests.bench.adaptive [--repeats N]`` runs this phase alone (its own broker and server).
+``python -m tests.bench.adaptive [--repeats N] [--trace]`` runs this phase alone (its own broker and server;
+``--trace``: a line a second per round).
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ READY_TIMEOUT_S = 60.0
 ROUND_TIMEOUT_S = 90.0
 #: The fleet is taken as settled in its group once every replica has been ready this long.
 READY_STABLE_S = 1.0
+#: With ``--trace``, each round prints one line a second: seconds since the first send, the fleet's
+#: limit and imports in flight (sums over the replicas, sampled then), and, over that second, the
+#: requests the bucket admitted and refused (429) and the imports that ended.
+TRACE_EVERY_S = 1.0
+TRACE_HEADER = f"{'t':>5} {'limit':>5} {'flight':>6} {'admit':>5} {'429':>4} {'done':>4}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +69,7 @@ class AdaptivePlan:
     linger_s: float = 0.5
     session_timeout_ms: int = 6000
     repeats: int = 1
+    trace: bool = False
 
     def describe(self) -> str:
         return (
@@ -91,6 +98,8 @@ class Round:
     requests: float
     refused: float
     limits: list[float] = field(default_factory=list)
+    #: With ``--trace``: one line a second (see :data:`TRACE_HEADER`).
+    trace: list[str] = field(default_factory=list)
 
     @property
     def throughput(self) -> float:
@@ -167,7 +176,18 @@ async def _run_mode(
                 if limited:
                     sandbox.set_rate_limit(plan.rate_per_s, plan.burst)
                 rounds.append(
-                    await _round(sandbox, workers, watcher, bootstrap, topic, corpus, ends, adaptive, limited)
+                    await _round(
+                        sandbox,
+                        workers,
+                        watcher,
+                        bootstrap,
+                        topic,
+                        corpus,
+                        ends,
+                        adaptive,
+                        limited,
+                        trace=plan.trace,
+                    )
                 )
         sandbox.set_rate_limit(None)
     return rounds
@@ -226,6 +246,7 @@ async def _round(
     ends: dict[int, int],
     adaptive: bool,
     limited: bool,
+    trace: bool = False,
 ) -> Round:
     stored_before = sandbox.stored_rows()
     bucket_before = sandbox.rate_limit() or {}
@@ -234,6 +255,8 @@ async def _round(
     for partition, added in (await produce(bootstrap, topic, corpus)).items():
         ends[partition] += added
     limits: list[float] = []
+    lines: list[str] = []
+    tracer = _Tracer(sandbox, workers, started) if trace else None
     next_sample = started
     while not await watcher.done(topic, ends):
         for worker in workers:
@@ -241,6 +264,8 @@ async def _round(
         if time.perf_counter() >= next_sample:
             limits.append(_fleet(workers, "lbworker_upload_concurrency_limit"))
             next_sample += SAMPLE_EVERY_S
+        if tracer is not None:
+            lines += tracer.sample()
         if time.perf_counter() - started > ROUND_TIMEOUT_S:
             raise TimeoutError(f"the fleet did not commit a round in {ROUND_TIMEOUT_S} s")
         await asyncio.sleep(0.05)
@@ -262,7 +287,35 @@ async def _round(
         requests=requests,
         refused=refused,
         limits=limits,
+        trace=lines,
     )
+
+
+class _Tracer:
+    """``--trace``: a line every :data:`TRACE_EVERY_S` of a round (see :data:`TRACE_HEADER`)."""
+
+    def __init__(self, sandbox: _Sandbox, workers: list[WorkerProcess], started: float) -> None:
+        self._sandbox, self._workers, self._started = sandbox, workers, started
+        self._next = started + TRACE_EVERY_S
+        self._last = self._counts()
+
+    def _counts(self) -> tuple[float, float, float]:
+        bucket = self._sandbox.rate_limit() or {}
+        done = _fleet(self._workers, "lbworker_imports_total")
+        return bucket.get("admitted", 0.0), bucket.get("refused", 0.0), done
+
+    def sample(self) -> list[str]:
+        now = time.perf_counter()
+        if now < self._next:
+            return []
+        self._next += TRACE_EVERY_S
+        counts = self._counts()
+        admitted, refused, done = (new - old for new, old in zip(counts, self._last, strict=True))
+        self._last = counts
+        limit = _fleet(self._workers, "lbworker_upload_concurrency_limit")
+        flight = _fleet(self._workers, "lbworker_imports_in_flight")
+        at = now - self._started
+        return [f"{at:5.1f} {limit:5.0f} {flight:6.0f} {admitted:5.0f} {refused:4.0f} {done:4.0f}"]
 
 
 def rounds_table(rounds: list[Round]) -> str:
@@ -314,6 +367,12 @@ def report(plan: AdaptivePlan, rounds: list[Round], title: str = "Adaptive uploa
     print(plan.describe() + "\n")
     print(rounds_table(rounds))
     print("\n" + comparison(rounds))
+    for number, r in enumerate(rounds):
+        if r.trace:
+            mode = "adaptive" if r.adaptive else "fixed"
+            where = "limit" if r.limited else "no limit"
+            print(f"\nTrace: round {number + 1}, {mode}, {where}, {r.seconds:.1f} s\n{TRACE_HEADER}")
+            print("\n".join(r.trace))
     if any(r.stored != r.predictions for r in rounds):
         raise SystemExit("adaptive concurrency: the sandbox does not hold every prediction")
 
@@ -329,6 +388,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--messages", type=int, default=DEFAULT.messages)
     parser.add_argument("--delay", type=float, default=DEFAULT.processing_delay_s)
     parser.add_argument("--poll", type=float, default=DEFAULT.poll_interval_s)
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="print, per round, a line a second: fleet limit, imports in flight, admitted, 429s, done",
+    )
     args = parser.parse_args(argv)
     plan = AdaptivePlan(
         replicas=args.replicas,
@@ -340,6 +404,7 @@ def main(argv: list[str] | None = None) -> int:
         processing_delay_s=args.delay,
         poll_interval_s=args.poll,
         repeats=args.repeats,
+        trace=args.trace,
     )
     log_dir = Path(tempfile.mkdtemp(prefix="lbworker-bench-adaptive-"))
     started = time.monotonic()

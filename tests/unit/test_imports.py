@@ -262,3 +262,113 @@ def test_a_failed_row_is_explained_by_its_errors_or_else_by_the_status_labelbox_
     errors = [{"name": "ValidationError", "message": "bad box"}]
     assert _row_problem(line, RowStatus("u1", "FAILURE", errors)) == "u1: ValidationError: bad box"
     assert _row_problem(line, None) == "u1: Labelbox reported no status for this row"
+
+
+@dataclass
+class TimedLabelbox(FakeLabelbox):
+    """Imports finish ``processing_s`` after their create, on the test's clock; polls are counted."""
+
+    clock: Clock = field(default_factory=Clock)
+    processing_s: float = 1.2
+    created_at: dict[str, float] = field(default_factory=dict)
+    polls: int = 0
+
+    async def create_import(self, model_run_id: str, name: str, payload: bytes) -> ImportState:
+        state = await super().create_import(model_run_id, name, payload)
+        self.created_at[name] = self.clock.now
+        return state
+
+    async def get_import(self, model_run_id: str, name: str) -> ImportState | None:
+        self.polls += 1
+        if self.clock.now < self.created_at[name] + self.processing_s:
+            return ImportState("id", name, model_run_id, "RUNNING")
+        return await super().get_import(model_run_id, name)
+
+
+@pytest.mark.parametrize("adaptive", [True, False])
+async def test_under_overload_the_first_poll_waits_for_the_time_imports_took(adaptive: bool) -> None:
+    clock = Clock()
+    client, settlement = TimedLabelbox(clock=clock), FakeSettlement()
+    run = ImportRunner(
+        settings(upload_concurrency=4, adaptive_concurrency=adaptive, labelbox_poll_interval_s=0.5),
+        Metrics(),
+        client,
+        settlement,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    assert run.first_poll_s() == 0.5, "nothing seen yet"
+    await run.upload(batch_of(2))
+    assert client.polls == 3, "at the maximum limit: every 0.5 s (0.5, 1.0, 1.5)"
+    assert run.first_poll_s() == 0.5, "not overloaded: the configured interval"
+    run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
+    await run.upload(batch_of(2, run="run-b"))
+    if adaptive:
+        assert client.polls == 4, "one poll, at 1.5 s (as long as the imports took), finds it done"
+        assert run.first_poll_s() == pytest.approx(1.35), "done at the first poll: probe down (90 %)"
+    else:
+        assert run.first_poll_s() == 0.5
+        assert client.polls == 6
+    assert len(settlement.settled) == 4
+    for _ in range(8):  # successes bring the limit back to its maximum: polls as configured again
+        run.labelbox_answered("create_import", "ok", started_at=clock.now, rtt_s=0.1)
+    assert run.first_poll_s() == 0.5
+
+
+async def test_a_paced_first_poll_settles_near_the_imports_time_and_never_creeps_up() -> None:
+    clock = Clock()
+    client, settlement = TimedLabelbox(clock=clock, processing_s=1.2), FakeSettlement()
+    run = ImportRunner(
+        settings(upload_concurrency=4, labelbox_poll_interval_s=0.5),
+        Metrics(),
+        client,
+        settlement,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    await run.upload(batch_of(2))  # polled at 0.5, 1.0, 1.5: seen done after 1.5 s
+    run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
+    waits = []
+    for index in range(40):
+        await run.upload(batch_of(2, run=f"run-{index}"))
+        waits.append(run.first_poll_s())
+    assert all(0.5 <= wait <= 1.2 + 0.5 for wait in waits), waits  # never past one interval late
+    assert min(waits[-16:]) < 1.2 < max(waits[-16:]) + 0.5, "it keeps probing around the 1.2 s imports take"
+    assert len(settlement.settled) == 82
+
+
+async def test_the_first_poll_waits_at_least_the_configured_interval() -> None:
+    clock = Clock()
+    client, settlement = TimedLabelbox(clock=clock, processing_s=0.1), FakeSettlement()
+    run = ImportRunner(
+        settings(upload_concurrency=4, labelbox_poll_interval_s=0.5),
+        Metrics(),
+        client,
+        settlement,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    await run.upload(batch_of(2))
+    run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
+    assert run.first_poll_s() == 0.5
+
+
+async def test_a_round_trip_jump_alone_lowers_the_limit_but_does_not_pace_polls() -> None:
+    clock, metrics = Clock(), Metrics()
+    client, settlement = TimedLabelbox(clock=clock), FakeSettlement()
+    run = ImportRunner(
+        settings(upload_concurrency=4, labelbox_poll_interval_s=0.5),
+        metrics,
+        client,
+        settlement,
+        clock=clock,
+        sleep=clock.sleep,
+    )
+    await run.upload(batch_of(2))
+    for _ in range(5):  # a baseline of 0.1 s uploads
+        run.labelbox_answered("create_import", "ok", started_at=clock.now, rtt_s=0.1)
+    run.labelbox_answered("create_import", "ok", started_at=clock.now, rtt_s=1.0)  # a jump
+    assert metrics.registry.get_sample_value("lbworker_upload_concurrency_limit") == 2
+    assert run.first_poll_s() == 0.5, "no 429 or 5xx: Labelbox's rate limit is not what was reached"
+    run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
+    assert run.first_poll_s() == 1.5

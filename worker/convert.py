@@ -318,16 +318,40 @@ def convert(message: Any) -> list[NdjsonLine]:
     if isinstance(message, NdjsonMessage):
         return [_ndjson_line(run, i, line) for i, line in enumerate(message.ndjson)]
     data_row = _data_row(message.data_row)
+    [(row_kind, row)] = data_row.items()
+    # derive_uuid and _finish, inlined (the hot path): the hash of the namespace and the run is
+    # computed once per message and copied per line
+    run_hash = _sha1(_UUID_NAMESPACE + run.encode() + b"\x1f")
+    body_of, metric_kinds, dumps, variant = _BODY, METRIC_KINDS, _dumps, _VARIANT
     lines = []
-    for index, prediction in enumerate(message.predictions):  # prediction_line, inlined (the hot path)
+    for index, prediction in enumerate(message.predictions):
         kind: str = prediction.type
-        if kind in METRIC_KINDS:
+        if kind in metric_kinds:
             feature = None
         else:
             feature = name if (name := prediction.name) is not None else f"schemaId:{prediction.schema_id}"
-        body = _BODY[kind](data_row, prediction)
-        pixels = _pixels(prediction.mask) if kind == "mask" else None
-        lines.append(_finish(run, index, prediction.uuid, body, feature, kind, pixels))
+        body = body_of[kind](data_row, prediction)
+        content = dumps(body)
+        if (given := prediction.uuid) is not None:
+            line_uuid = str(given)
+        else:
+            if kind == "mask" and (pixels := _pixels(prediction.mask)) is not None:
+                hashed = mask_uuid_content(body, pixels())
+            else:
+                hashed = content
+            h = run_hash.copy()
+            h.update(b"%d\x1f" % index)
+            h.update(hashed)
+            x = h.hexdigest()
+            line_uuid = f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{variant[x[16]]}{x[17:20]}-{x[20:32]}"
+        line = _new_object(NdjsonLine)
+        _set_uuid(line, line_uuid)
+        _set_row(line, row)
+        _set_feature(line, feature)
+        _set_data(line, b'{"uuid":"' + line_uuid.encode() + b'",' + content[1:])
+        _set_kind(line, kind)
+        _set_row_kind(line, row_kind)
+        lines.append(line)
     return lines
 
 

@@ -16,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 
 from schemas import NdjsonMessage
@@ -34,9 +34,8 @@ _UUID_NAMESPACE = uuid.UUID("6f0e7f4e-3b1e-5d2c-9a57-4c1f0d6b2a10").bytes
 _VARIANT = {digit: format((int(digit, 16) & 0x3) | 0x8, "x") for digit in "0123456789abcdef"}
 
 
-@dataclass(frozen=True, slots=True)
-class NdjsonLine:
-    """One NDJSON line ready to upload.
+class NdjsonLine(msgspec.Struct, frozen=True, gc=False):
+    """One NDJSON line ready to upload (immutable, hashable; fields in this order, by position or name).
 
     ``data`` is the line's exact bytes, without a trailing newline; it is all the line keeps of its
     content (the parsed ``body`` is rebuilt on demand), so a buffered message costs little more than
@@ -75,30 +74,6 @@ def derive_uuid(model_run_id: str, index: int, content: bytes) -> str:
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
 
 
-_new_object = object.__new__
-# Slot setters of NdjsonLine: a line is built field by field without the frozen dataclass's
-# ``object.__setattr__`` round trips (half the cost of a line's construction on the hot path); the
-# result is the same frozen line (tests/unit/test_convert.py compares them).
-_set_uuid, _set_row, _set_feature, _set_data, _set_kind, _set_row_kind = (
-    getattr(NdjsonLine, name).__set__
-    for name in ("uuid", "data_row", "feature", "data", "kind", "data_row_kind")
-)
-
-
-def _new_line(
-    line_uuid: str, row: str, feature: str | None, data: bytes, kind: str, row_kind: str
-) -> NdjsonLine:
-    """``NdjsonLine(line_uuid, row, feature, data, kind, row_kind)``, faster."""
-    line: NdjsonLine = _new_object(NdjsonLine)
-    _set_uuid(line, line_uuid)
-    _set_row(line, row)
-    _set_feature(line, feature)
-    _set_data(line, data)
-    _set_kind(line, kind)
-    _set_row_kind(line, row_kind)
-    return line
-
-
 def _finish(
     model_run_id: str,
     index: int,
@@ -119,7 +94,7 @@ def _finish(
         line_uuid = derive_uuid(model_run_id, index, mask_uuid_content(body, pixels()))
     data = b'{"uuid":"' + line_uuid.encode() + b'",' + content[1:]
     [(row_kind, row)] = body["dataRow"].items()
-    return _new_line(line_uuid, row, feature, data, kind, row_kind)
+    return NdjsonLine(line_uuid, row, feature, data, kind, row_kind)
 
 
 def mask_uuid_content(body: Json, pixels: bytes) -> bytes:
@@ -322,7 +297,7 @@ def convert(message: Any) -> list[NdjsonLine]:
     # derive_uuid and _finish, inlined (the hot path): the hash of the namespace and the run is
     # computed once per message and copied per line
     run_hash = _sha1(_UUID_NAMESPACE + run.encode() + b"\x1f")
-    body_of, metric_kinds, dumps, variant = _BODY, METRIC_KINDS, _dumps, _VARIANT
+    body_of, metric_kinds, dumps, variant, new_line = _BODY, METRIC_KINDS, _dumps, _VARIANT, NdjsonLine
     lines = []
     for index, prediction in enumerate(message.predictions):
         kind: str = prediction.type
@@ -344,14 +319,8 @@ def convert(message: Any) -> list[NdjsonLine]:
             h.update(hashed)
             x = h.hexdigest()
             line_uuid = f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{variant[x[16]]}{x[17:20]}-{x[20:32]}"
-        line = _new_object(NdjsonLine)
-        _set_uuid(line, line_uuid)
-        _set_row(line, row)
-        _set_feature(line, feature)
-        _set_data(line, b'{"uuid":"' + line_uuid.encode() + b'",' + content[1:])
-        _set_kind(line, kind)
-        _set_row_kind(line, row_kind)
-        lines.append(line)
+        data = b'{"uuid":"' + line_uuid.encode() + b'",' + content[1:]
+        lines.append(new_line(line_uuid, row, feature, data, kind, row_kind))
     return lines
 
 

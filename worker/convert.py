@@ -64,6 +64,11 @@ class NdjsonLine(msgspec.Struct, frozen=True, gc=False):
         return {self.data_row_kind: self.data_row}
 
 
+#: ``b"<index>\x1f"`` of the first positions, for the uuid's hash (formatting it per line costs more)
+_INDEXED = 1024
+_INDEX_BYTES = [b"%d\x1f" % index for index in range(_INDEXED)]
+
+
 def derive_uuid(model_run_id: str, index: int, content: bytes) -> str:
     """The deterministic uuid of the ``index``-th prediction with NDJSON ``content`` (sans uuid).
 
@@ -298,6 +303,7 @@ def convert(message: Any) -> list[NdjsonLine]:
     # computed once per message and copied per line
     run_hash = _sha1(_UUID_NAMESPACE + run.encode() + b"\x1f")
     body_of, metric_kinds, dumps, variant, new_line = _BODY, METRIC_KINDS, _dumps, _VARIANT, NdjsonLine
+    index_bytes = _INDEX_BYTES
     lines = []
     for index, prediction in enumerate(message.predictions):
         kind: str = prediction.type
@@ -315,7 +321,7 @@ def convert(message: Any) -> list[NdjsonLine]:
             else:
                 hashed = content
             h = run_hash.copy()
-            h.update(b"%d\x1f" % index)
+            h.update(index_bytes[index] if index < _INDEXED else b"%d\x1f" % index)
             h.update(hashed)
             x = h.hexdigest()
             line_uuid = f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{variant[x[16]]}{x[17:20]}-{x[20:32]}"

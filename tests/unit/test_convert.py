@@ -83,3 +83,14 @@ def test_a_known_mask_uuid_never_changes() -> None:
         fast = decode(orjson.dumps(message(prediction)))  # the worker's own path (worker.plain first)
         assert not isinstance(fast, Rejection)
         assert convert(fast)[0].uuid == "933659c1-3dfe-51ce-9297-5888b95e0bc0"
+
+
+def test_uuids_past_the_precomputed_positions_are_derived_the_same() -> None:
+    points = [{"type": "point", "name": f"p{i}", "point": {"x": i, "y": 1}} for i in range(1030)]
+    decoded = decode(orjson.dumps(message(*points)))
+    assert not isinstance(decoded, Rejection)
+    lines = convert(decoded)
+    for index in (0, 1023, 1024, 1029):
+        body = lines[index].body
+        del body["uuid"]
+        assert lines[index].uuid == derive_uuid(decoded.model_run_id, index, orjson.dumps(body))

@@ -167,20 +167,6 @@ def _mask(mask: PngMask | UrlMask | RleMask) -> Json:
     return {"png": mask.png01_base64()}
 
 
-def _geometry(prediction: Any) -> tuple[str, Any]:
-    kind = prediction.type
-    if kind == "bbox":
-        b = prediction.bbox
-        return "bbox", {"top": b.top, "left": b.left, "height": b.height, "width": b.width}
-    if kind == "point":
-        return "point", {"x": prediction.point.x, "y": prediction.point.y}
-    if kind == "polyline":
-        return "line", _points(prediction.line)
-    if kind == "polygon":
-        return "polygon", _closed(prediction.polygon)
-    return "mask", _mask(prediction.mask)
-
-
 def _threshold_key(threshold: float) -> str:
     return repr(float(threshold))
 
@@ -195,15 +181,24 @@ def _object_body(data_row: Json, prediction: Any) -> Json:
         body = {"dataRow": data_row, "schemaId": prediction.schema_id}
     if (confidence := prediction.confidence) is not None:
         body["confidence"] = confidence
-    if prediction.custom_metrics:
-        body["customMetrics"] = _metrics(prediction.custom_metrics)
-    body["classifications"] = [classification(c) for c in prediction.classifications]
-    if prediction.type == "bbox":
+    if metrics := prediction.custom_metrics:
+        body["customMetrics"] = _metrics(metrics)
+    body["classifications"] = (
+        [classification(c) for c in nested] if (nested := prediction.classifications) else []
+    )
+    kind = prediction.type
+    if kind == "bbox":
         b = prediction.bbox
         body["bbox"] = {"top": b.top, "left": b.left, "height": b.height, "width": b.width}
+    elif kind == "point":
+        p = prediction.point
+        body["point"] = {"x": p.x, "y": p.y}
+    elif kind == "polygon":
+        body["polygon"] = _closed(prediction.polygon)
+    elif kind == "polyline":
+        body["line"] = _points(prediction.line)
     else:
-        key, value = _geometry(prediction)
-        body[key] = value
+        body["mask"] = _mask(prediction.mask)
     return body
 
 

@@ -396,3 +396,27 @@ def test_records_without_schema_id_bytes_agree_with_pydantic(name: str) -> None:
         assert fast is not None
         assert fast.predictions[0].schema_id is None
         assert "schema_id" not in type(fast.predictions[0]).__struct_fields__  # the named family's struct
+
+
+@pytest.mark.parametrize(
+    ("ref", "accepted"),
+    [
+        ({}, False),
+        ({"name": "m", "schema_id": "x"}, False),
+        ({"name": "m"}, True),
+        ({"schema_id": "x"}, True),
+    ],
+)
+@pytest.mark.parametrize("with_schema_id_elsewhere", [True, False])
+def test_a_mask_keeps_exactly_one_reference_in_both_families(
+    ref: Json, accepted: bool, with_schema_id_elsewhere: bool
+) -> None:
+    # the mask struct's own __post_init__ (validating the mask) must still check the reference
+    mask = {"type": "mask", "mask": {"url": "https://example.invalid/m.png", "color": [1, 2, 3]}, **ref}
+    other = (
+        [{"type": "point", "schema_id": "s", "point": {"x": 1, "y": 2}}] if with_schema_id_elsewhere else []
+    )
+    fast, model = agree(orjson.dumps(message(*other, mask)))
+    assert (model is not None) is accepted
+    if not accepted:
+        assert fast is None

@@ -16,9 +16,9 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 import orjson
 
 from schemas import NdjsonMessage
@@ -34,9 +34,8 @@ _UUID_NAMESPACE = uuid.UUID("6f0e7f4e-3b1e-5d2c-9a57-4c1f0d6b2a10").bytes
 _VARIANT = {digit: format((int(digit, 16) & 0x3) | 0x8, "x") for digit in "0123456789abcdef"}
 
 
-@dataclass(frozen=True, slots=True)
-class NdjsonLine:
-    """One NDJSON line ready to upload.
+class NdjsonLine(msgspec.Struct, frozen=True, gc=False):
+    """One NDJSON line ready to upload (immutable, hashable; fields in this order, by position or name).
 
     ``data`` is the line's exact bytes, without a trailing newline; it is all the line keeps of its
     content (the parsed ``body`` is rebuilt on demand), so a buffered message costs little more than
@@ -65,6 +64,11 @@ class NdjsonLine:
         return {self.data_row_kind: self.data_row}
 
 
+#: ``b"<index>\x1f"`` of the first positions, for the uuid's hash (formatting it per line costs more)
+_INDEXED = 1024
+_INDEX_BYTES = [b"%d\x1f" % index for index in range(_INDEXED)]
+
+
 def derive_uuid(model_run_id: str, index: int, content: bytes) -> str:
     """The deterministic uuid of the ``index``-th prediction with NDJSON ``content`` (sans uuid).
 
@@ -73,30 +77,6 @@ def derive_uuid(model_run_id: str, index: int, content: bytes) -> str:
     """
     h = _sha1(_UUID_NAMESPACE + f"{model_run_id}\x1f{index}\x1f".encode() + content).hexdigest()
     return f"{h[:8]}-{h[8:12]}-5{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:32]}"
-
-
-_new_object = object.__new__
-# Slot setters of NdjsonLine: a line is built field by field without the frozen dataclass's
-# ``object.__setattr__`` round trips (half the cost of a line's construction on the hot path); the
-# result is the same frozen line (tests/unit/test_convert.py compares them).
-_set_uuid, _set_row, _set_feature, _set_data, _set_kind, _set_row_kind = (
-    getattr(NdjsonLine, name).__set__
-    for name in ("uuid", "data_row", "feature", "data", "kind", "data_row_kind")
-)
-
-
-def _new_line(
-    line_uuid: str, row: str, feature: str | None, data: bytes, kind: str, row_kind: str
-) -> NdjsonLine:
-    """``NdjsonLine(line_uuid, row, feature, data, kind, row_kind)``, faster."""
-    line: NdjsonLine = _new_object(NdjsonLine)
-    _set_uuid(line, line_uuid)
-    _set_row(line, row)
-    _set_feature(line, feature)
-    _set_data(line, data)
-    _set_kind(line, kind)
-    _set_row_kind(line, row_kind)
-    return line
 
 
 def _finish(
@@ -119,7 +99,7 @@ def _finish(
         line_uuid = derive_uuid(model_run_id, index, mask_uuid_content(body, pixels()))
     data = b'{"uuid":"' + line_uuid.encode() + b'",' + content[1:]
     [(row_kind, row)] = body["dataRow"].items()
-    return _new_line(line_uuid, row, feature, data, kind, row_kind)
+    return NdjsonLine(line_uuid, row, feature, data, kind, row_kind)
 
 
 def mask_uuid_content(body: Json, pixels: bytes) -> bytes:
@@ -187,20 +167,6 @@ def _mask(mask: PngMask | UrlMask | RleMask) -> Json:
     return {"png": mask.png01_base64()}
 
 
-def _geometry(prediction: Any) -> tuple[str, Any]:
-    kind = prediction.type
-    if kind == "bbox":
-        b = prediction.bbox
-        return "bbox", {"top": b.top, "left": b.left, "height": b.height, "width": b.width}
-    if kind == "point":
-        return "point", {"x": prediction.point.x, "y": prediction.point.y}
-    if kind == "polyline":
-        return "line", _points(prediction.line)
-    if kind == "polygon":
-        return "polygon", _closed(prediction.polygon)
-    return "mask", _mask(prediction.mask)
-
-
 def _threshold_key(threshold: float) -> str:
     return repr(float(threshold))
 
@@ -215,15 +181,24 @@ def _object_body(data_row: Json, prediction: Any) -> Json:
         body = {"dataRow": data_row, "schemaId": prediction.schema_id}
     if (confidence := prediction.confidence) is not None:
         body["confidence"] = confidence
-    if prediction.custom_metrics:
-        body["customMetrics"] = _metrics(prediction.custom_metrics)
-    body["classifications"] = [classification(c) for c in prediction.classifications]
-    if prediction.type == "bbox":
+    if metrics := prediction.custom_metrics:
+        body["customMetrics"] = _metrics(metrics)
+    body["classifications"] = (
+        [classification(c) for c in nested] if (nested := prediction.classifications) else []
+    )
+    kind = prediction.type
+    if kind == "bbox":
         b = prediction.bbox
         body["bbox"] = {"top": b.top, "left": b.left, "height": b.height, "width": b.width}
+    elif kind == "point":
+        p = prediction.point
+        body["point"] = {"x": p.x, "y": p.y}
+    elif kind == "polygon":
+        body["polygon"] = _closed(prediction.polygon)
+    elif kind == "polyline":
+        body["line"] = _points(prediction.line)
     else:
-        key, value = _geometry(prediction)
-        body[key] = value
+        body["mask"] = _mask(prediction.mask)
     return body
 
 
@@ -318,16 +293,35 @@ def convert(message: Any) -> list[NdjsonLine]:
     if isinstance(message, NdjsonMessage):
         return [_ndjson_line(run, i, line) for i, line in enumerate(message.ndjson)]
     data_row = _data_row(message.data_row)
+    [(row_kind, row)] = data_row.items()
+    # derive_uuid and _finish, inlined (the hot path): the hash of the namespace and the run is
+    # computed once per message and copied per line
+    run_hash = _sha1(_UUID_NAMESPACE + run.encode() + b"\x1f")
+    body_of, metric_kinds, dumps, variant, new_line = _BODY, METRIC_KINDS, _dumps, _VARIANT, NdjsonLine
+    index_bytes = _INDEX_BYTES
     lines = []
-    for index, prediction in enumerate(message.predictions):  # prediction_line, inlined (the hot path)
+    for index, prediction in enumerate(message.predictions):
         kind: str = prediction.type
-        if kind in METRIC_KINDS:
+        if kind in metric_kinds:
             feature = None
         else:
             feature = name if (name := prediction.name) is not None else f"schemaId:{prediction.schema_id}"
-        body = _BODY[kind](data_row, prediction)
-        pixels = _pixels(prediction.mask) if kind == "mask" else None
-        lines.append(_finish(run, index, prediction.uuid, body, feature, kind, pixels))
+        body = body_of[kind](data_row, prediction)
+        content = dumps(body)
+        if (given := prediction.uuid) is not None:
+            line_uuid = str(given)
+        else:
+            if kind == "mask" and (pixels := _pixels(prediction.mask)) is not None:
+                hashed = mask_uuid_content(body, pixels())
+            else:
+                hashed = content
+            h = run_hash.copy()
+            h.update(index_bytes[index] if index < _INDEXED else b"%d\x1f" % index)
+            h.update(hashed)
+            x = h.hexdigest()
+            line_uuid = f"{x[:8]}-{x[8:12]}-5{x[13:16]}-{variant[x[16]]}{x[17:20]}-{x[20:32]}"
+        data = b'{"uuid":"' + line_uuid.encode() + b'",' + content[1:]
+        lines.append(new_line(line_uuid, row, feature, data, kind, row_kind))
     return lines
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import uuid
 
@@ -12,8 +11,8 @@ import pytest
 
 from schemas import MESSAGE_ADAPTER, PredictionMessage
 from schemas.masks import mask_to_rle_counts
-from tests.support.factories import message, png_b64
-from worker.convert import _UUID_NAMESPACE, NdjsonLine, _new_line, convert, derive_uuid
+from tests.support.factories import every_type, message, png_b64
+from worker.convert import _UUID_NAMESPACE, NdjsonLine, convert, derive_uuid
 from worker.decode import Rejection, decode
 
 
@@ -35,14 +34,34 @@ def test_a_known_value_never_changes() -> None:
     assert derive_uuid("run", 0, b"{}") == "d3e064c2-02db-58e9-a3b0-e30046daee49"
 
 
-def test_the_fast_line_constructor_builds_the_same_frozen_line() -> None:
+def test_a_line_is_immutable_hashable_and_positional() -> None:
     fields = ("u", "row", None, b'{"a":1}', "bbox", "id")
-    line = _new_line(*fields)
-    assert line == NdjsonLine(*fields)
+    line = NdjsonLine(*fields)
+    assert line == NdjsonLine(**dict(zip(NdjsonLine.__struct_fields__, fields, strict=True)))
+    assert line != NdjsonLine(*fields[:-1], "globalKey")
     assert hash(line) == hash(NdjsonLine(*fields))
-    assert [getattr(line, f.name) for f in dataclasses.fields(NdjsonLine)] == list(fields)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    assert [getattr(line, name) for name in NdjsonLine.__struct_fields__] == list(fields)
+    assert NdjsonLine.__struct_fields__ == ("uuid", "data_row", "feature", "data", "kind", "data_row_kind")
+    defaults = NdjsonLine("u", "r", "f", b"{}")
+    assert (defaults.kind, defaults.data_row_kind) == ("unknown", "globalKey")
+    with pytest.raises(AttributeError):
         line.uuid = "other"  # type: ignore[misc]
+
+
+def test_the_typed_loop_derives_the_documented_uuid() -> None:
+    # convert() hashes with a per-message SHA-1 state copied per line: the same uuid as derive_uuid
+    by_schema_id = {"type": "point", "schema_id": "s", "point": {"x": 1, "y": 2}}
+    value = orjson.dumps(message(*every_type(), by_schema_id))
+    decoded = decode(value)
+    assert not isinstance(decoded, Rejection)
+    lines = convert(decoded)
+    assert len(lines) >= 9
+    for index, line in enumerate(lines):
+        body = line.body
+        assert body.pop("uuid") == line.uuid
+        if line.kind == "mask" and "png" in body["mask"]:
+            continue  # derived from the pixels: tests/unit/test_masks.py
+        assert line.uuid == derive_uuid(decoded.model_run_id, index, orjson.dumps(body))
 
 
 def test_a_known_mask_uuid_never_changes() -> None:
@@ -64,3 +83,14 @@ def test_a_known_mask_uuid_never_changes() -> None:
         fast = decode(orjson.dumps(message(prediction)))  # the worker's own path (worker.plain first)
         assert not isinstance(fast, Rejection)
         assert convert(fast)[0].uuid == "933659c1-3dfe-51ce-9297-5888b95e0bc0"
+
+
+def test_uuids_past_the_precomputed_positions_are_derived_the_same() -> None:
+    points = [{"type": "point", "name": f"p{i}", "point": {"x": i, "y": 1}} for i in range(1030)]
+    decoded = decode(orjson.dumps(message(*points)))
+    assert not isinstance(decoded, Rejection)
+    lines = convert(decoded)
+    for index in (0, 1023, 1024, 1029):
+        body = lines[index].body
+        del body["uuid"]
+        assert lines[index].uuid == derive_uuid(decoded.model_run_id, index, orjson.dumps(body))

@@ -325,16 +325,22 @@ def test_an_unforeseen_error_in_the_fast_path_leaves_the_verdict_to_pydantic(
     assert encode(convert(decoded)) == encode(convert(MESSAGE_ADAPTER.validate_json(value)))
 
 
-def test_the_structs_have_the_fields_of_the_pydantic_models() -> None:
-    # a field added to a contract model and not here would send every message using it to pydantic
+@pytest.mark.parametrize("named", [True, False])
+def test_the_structs_have_the_fields_of_the_pydantic_models(named: bool) -> None:
+    # a field added to a contract model and not here would send every message using it to pydantic;
+    # the named family (records without the bytes schema_id) has every field but schema_id
     import schemas
 
     questions = [
         {"type": "checklist", "name": "c", "answers": [{"name": "a"}]},
         {"type": "text", "name": "t", "answer": "x"},
     ]
-    decoded = decode_fast(orjson.dumps(message(*every_type(), bbox(classifications=questions))))
+    by_schema_id = [] if named else [{"type": "point", "schema_id": "s", "point": {"x": 1, "y": 2}}]
+    value = orjson.dumps(message(*every_type(), bbox(classifications=questions), *by_schema_id))
+    assert (b"schema_id" not in value) is named
+    decoded = decode_fast(value)
     assert decoded is not None
+    absent = {"type", "schema_id"} if named else {"type"}
     pairs: list[tuple[Any, Any]] = [
         (decoded, schemas.PredictionMessage),
         (decoded.data_row, schemas.DataRowRef),
@@ -361,4 +367,56 @@ def test_the_structs_have_the_fields_of_the_pydantic_models() -> None:
                     pairs.append((answer, schemas.Answer))
     assert {model for _, model in pairs} >= {*models.values(), *nested.values(), schemas.Answer}
     for struct, model in pairs:
-        assert set(type(struct).__struct_fields__) == set(model.model_fields) - {"type"}, model
+        assert set(type(struct).__struct_fields__) == set(model.model_fields) - absent, model
+        assert getattr(struct, "schema_id", None) is None or not named
+
+
+NAMED_CASES = {
+    # (message text, whether pydantic accepts it): the named family must never accept a rejection
+    "no name, no schema_id": ('{"type":"point","point":{"x":1,"y":2}}', False),
+    "null name": ('{"type":"point","name":null,"point":{"x":1,"y":2}}', False),
+    "answer without name": ('{"type":"radio","name":"r","answer":{"confidence":0.5}}', False),
+    "escaped schema_id key": ('{"type":"point","schema\\u005fid":"s","point":{"x":1,"y":2}}', True),
+    "escaped key beside a name": (
+        '{"type":"point","name":"n","schema\\u005fid":"s","point":{"x":1,"y":2}}',
+        False,
+    ),
+    "name": ('{"type":"point","name":"n","point":{"x":1,"y":2}}', True),
+}
+
+
+@pytest.mark.parametrize("name", NAMED_CASES)
+def test_records_without_schema_id_bytes_agree_with_pydantic(name: str) -> None:
+    text, accepted = NAMED_CASES[name]
+    value = (BASE % text).encode()
+    assert b"schema_id" not in value
+    fast, model = agree(value)
+    assert (model is not None) is accepted
+    if name == "name":
+        assert fast is not None
+        assert fast.predictions[0].schema_id is None
+        assert "schema_id" not in type(fast.predictions[0]).__struct_fields__  # the named family's struct
+
+
+@pytest.mark.parametrize(
+    ("ref", "accepted"),
+    [
+        ({}, False),
+        ({"name": "m", "schema_id": "x"}, False),
+        ({"name": "m"}, True),
+        ({"schema_id": "x"}, True),
+    ],
+)
+@pytest.mark.parametrize("with_schema_id_elsewhere", [True, False])
+def test_a_mask_keeps_exactly_one_reference_in_both_families(
+    ref: Json, accepted: bool, with_schema_id_elsewhere: bool
+) -> None:
+    # the mask struct's own __post_init__ (validating the mask) must still check the reference
+    mask = {"type": "mask", "mask": {"url": "https://example.invalid/m.png", "color": [1, 2, 3]}, **ref}
+    other = (
+        [{"type": "point", "schema_id": "s", "point": {"x": 1, "y": 2}}] if with_schema_id_elsewhere else []
+    )
+    fast, model = agree(orjson.dumps(message(*other, mask)))
+    assert (model is not None) is accepted
+    if not accepted:
+        assert fast is None

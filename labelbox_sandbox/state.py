@@ -18,7 +18,7 @@ from typing import Any
 
 from labelbox_sandbox.faults import FaultBook, FaultRule
 from labelbox_sandbox.ratelimit import TokenBuckets
-from labelbox_sandbox.validate import RowResult, error, validate_import
+from labelbox_sandbox.validate import RowResult, error, read_import, validate_import
 
 EMPTY_ONTOLOGY: dict[str, Any] = {"tools": [], "classifications": []}
 ROW_FAILURE_ERROR_NAME = "InjectedRowFailure"
@@ -179,7 +179,9 @@ class SandboxState:
     Labelbox; on by default. `task_delay_s`: how long registration
     tasks report RUNNING (default: `processing_delay_s`; the Labelbox SDK sleeps 5 s between task polls).
     `rate_limit_per_s`: GraphQL requests a second per API key before HTTP 429 (a token bucket holding
-    `rate_limit_burst`, default the rate; see `ratelimit.py`); None: no limit.
+    `rate_limit_burst`, default the rate; see `ratelimit.py`); None: no limit. `lean`: read uploads with
+    `validate.read_import` (JSON objects keyed by uuid; no line rules, no ontology) instead of validating
+    them, for benchmarks; membership, faults, statuses and storage are the same.
     """
 
     def __init__(
@@ -192,7 +194,9 @@ class SandboxState:
         clock: Callable[[], float] = time.monotonic,
         rate_limit_per_s: float | None = None,
         rate_limit_burst: float | None = None,
+        lean: bool = False,
     ) -> None:
+        self.lean = lean
         self.processing_delay_s = processing_delay_s
         self.task_delay_s = processing_delay_s if task_delay_s is None else task_delay_s
         self.require_data_row_membership = require_data_row_membership
@@ -300,7 +304,7 @@ class SandboxState:
                 f"Import with name '{name}' already exists in model run '{model_run_id}'"
             )
         self.settle_tasks()
-        results = validate_import(payload, run.ontology)
+        results = read_import(payload) if self.lean else validate_import(payload, run.ontology)
         lines = [(result.uuid, _status_data_row(result.data_row)) for result in results]
         refusal = self.faults.take(
             "create_import", {"import_refused"}, model_run_id, lambda rule: rule.holds_a_chosen_line(lines)

@@ -25,6 +25,11 @@ parent. A mismatch is one error `{"name": "OntologyMismatch", "message", "additi
 path>, "code": <ontology.py code>}}`. No ontology, or an empty one
 (`{"tools": [], "classifications": []}`, what a model run has until one is loaded), means not checked. A
 malformed ontology fails every line that would be checked, with `InvalidOntology`.
+
+`read_import` is the lean mode's reading (`Sandbox(lean=True)`, for benchmarks where the stand-in must not
+be the bottleneck): only what storing a line needs — a JSON object (`InvalidJson` / `InvalidLine`), a uuid
+(`MissingUuid`; metric lines without one get the derived uuid) unique within the import (`DuplicateUuid`) —
+and none of the rules above, nor the ontology.
 """
 
 from __future__ import annotations
@@ -118,6 +123,39 @@ def validate_import(payload: bytes, ontology: OntologyArg = None) -> list[RowRes
     return results
 
 
+def read_import(payload: bytes) -> list[RowResult]:
+    """The lean mode: parse every non-blank line and key it by uuid, without validating it (module doc)."""
+    results: list[RowResult] = []
+    seen: set[str] = set()
+    for number, raw in enumerate(payload.split(b"\n"), start=1):
+        if raw.strip():
+            results.append(_mark_duplicate(_read_raw(raw, number), seen))
+    return results
+
+
+def _read_raw(raw: bytes, number: int) -> RowResult:
+    try:
+        line = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        return RowResult(number, None, None, None, (_invalid_json(e, number),))
+    if not isinstance(line, dict):
+        message = f"Each line must be a JSON object, got {type(line).__name__}"
+        return RowResult(number, None, None, None, (error("InvalidLine", message),))
+    row_uuid = _row_uuid(line)
+    data_row = line.get("dataRow")
+    data_row = data_row if isinstance(data_row, dict) else None
+    errors = () if row_uuid is not None else (error("MissingUuid", "uuid is required", "uuid"),)
+    return RowResult(number, row_uuid, data_row, line, errors)
+
+
+def _invalid_json(e: orjson.JSONDecodeError, number: int) -> Error:
+    return {
+        "name": "InvalidJson",
+        "message": f"Line is not valid JSON: {e}",
+        "additionalInfo": {"line": number},
+    }
+
+
 def validate_line(line: Any, ontology: OntologyArg = None) -> Errors:
     """Errors of one parsed line, uuid uniqueness aside (that needs the whole import)."""
     return _line_errors(line, _checker(ontology))
@@ -180,12 +218,7 @@ def _validate_raw(raw: bytes, number: int, checker: _Checker) -> RowResult:
     try:
         line = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
-        invalid = {
-            "name": "InvalidJson",
-            "message": f"Line is not valid JSON: {e}",
-            "additionalInfo": {"line": number},
-        }
-        return RowResult(number, None, None, None, (invalid,))
+        return RowResult(number, None, None, None, (_invalid_json(e, number),))
     errors = tuple(_line_errors(line, checker))
     if not isinstance(line, dict):
         return RowResult(number, None, None, None, errors)

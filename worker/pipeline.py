@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+import prometheus_client
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
@@ -99,6 +100,7 @@ class Pipeline:
         self._gate = OntologyGate(ontologies, self._imports.refusal)
         self._readiness = Readiness(settings.labelbox_unready_after_s)
         self._corrupt = CorruptBatches()
+        self._converted: dict[str, prometheus_client.Counter] = {}
         self.fatal: BaseException | None = None
         #: When the drain must be over (same clock as ``clock``); set when shutdown begins.
         self.stop_deadline: float | None = None
@@ -248,8 +250,11 @@ class Pipeline:
 
     def _add_to_batch(self, admitted: Admit) -> None:
         envelope = admitted.envelope
-        for kind, count in Counter(line.kind for line in envelope.lines).items():
-            self._metrics.predictions_converted.labels(kind).inc(count)
+        for kind, count in Counter([line.kind for line in envelope.lines]).items():
+            converted = self._converted.get(kind)
+            if converted is None:  # a labelled child per kind, looked up once (``labels`` is costly)
+                converted = self._converted[kind] = self._metrics.predictions_converted.labels(kind)
+            converted.inc(count)
         for batch in self._batcher.add(admitted.model_run_id, envelope, self._clock()):
             self._launch(batch, "full")
 

@@ -72,7 +72,7 @@ def e2e_table(result: EndToEndResult) -> str:
     corpus, subset = result.corpus, result.subset
     rows = [
         _e2e_row("worker (python -m worker run)", corpus, result.worker.timed),
-        _e2e_row("baseline: aiokafka + Labelbox SDK per batch", subset, result.baseline.timed),
+        _e2e_row("baseline: aiokafka + Labelbox SDK per batch (same server)", subset, result.baseline.timed),
         _e2e_row("limit: bare aiokafka read + orjson (no group)", corpus, Timed(result.limit_s, 0.0)),
     ]
     headers = [

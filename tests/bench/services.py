@@ -138,16 +138,18 @@ class SandboxProcess(_Process):
     The sandbox, like Labelbox, FAILs rows on data rows that are not in their model run. The benchmarks
     measure throughput, not the registration workflow, so the corpora's data rows are made members
     through the admin API (``register``), again after every ``reset``, and neither the worker nor the
-    SDK baseline spends requests on registering them.
+    SDK baseline spends requests on registering them. ``lean``: ``--lean``, lines stored unvalidated.
     """
 
-    def __init__(self, log_path: Path) -> None:
+    def __init__(self, log_path: Path, lean: bool = False) -> None:
+        self.lean = lean
         self.members: dict[str, set[str]] = {}
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.graphql_url = f"{self.base_url}/graphql"
         command = [sys.executable, "-m", "labelbox_sandbox", "--host", "127.0.0.1", "--port", str(self.port)]
         command += ["--api-key", API_KEY, "--processing-delay-s", "0", "--task-delay-s", "0"]
+        command += ["--lean"] if lean else []
         super().__init__("the sandbox", command, log_path)
 
     def start(self, timeout_s: float = 30.0) -> None:

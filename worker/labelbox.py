@@ -154,9 +154,10 @@ class ImportState:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RowStatus:
-    """One line of an import's status file."""
+    """One line of an import's status file (read-only by convention: not frozen, because a frozen
+    dataclass costs three times as much to build, and a status file has a row per prediction)."""
 
     uuid: str
     status: str
@@ -580,12 +581,20 @@ class TaskStatus:
 
 def _parse_statuses(body: bytes) -> list[RowStatus]:
     """Rows of a status file. One parse of the whole file; line by line only if it is garbled."""
-    raws = [raw for raw in body.splitlines() if raw.strip()]
+    raws = [raw for raw in body.splitlines() if raw and not raw.isspace()]
     try:
         lines = orjson.loads(b"[" + b",".join(raws) + b"]")
     except orjson.JSONDecodeError:
         lines = [_loads_or_none(raw) for raw in raws]  # a garbled line: its row is reported as missing
-    return [_row(line) for line in lines if isinstance(line, dict) and isinstance(line.get("uuid"), str)]
+    return [
+        RowStatus(
+            row_uuid,
+            str(line.get("status")),
+            errors if isinstance(errors := line.get("errors"), list) else [],
+        )
+        for line in lines
+        if isinstance(line, dict) and isinstance(row_uuid := line.get("uuid"), str)
+    ]
 
 
 def _loads_or_none(raw: bytes) -> object:
@@ -593,8 +602,3 @@ def _loads_or_none(raw: bytes) -> object:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-
-
-def _row(line: dict[str, Any]) -> RowStatus:
-    errors = line.get("errors")
-    return RowStatus(line["uuid"], str(line.get("status")), errors if isinstance(errors, list) else [])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -160,6 +161,11 @@ async def _serve_with_signals(settings: Settings) -> int:
     return await service.run()
 
 
+#: ``gc.set_threshold`` for the running worker: cyclic garbage (rare here) waits at most 50,000
+#: allocations, a constant bound on memory.
+GC_THRESHOLDS = (50_000, 20, 10)
+
+
 def main() -> int:
     """Entry point of ``python -m worker run``."""
     try:
@@ -168,4 +174,11 @@ def main() -> int:
         print(f"worker: {exc}", file=sys.stderr)
         return EXIT_SETTINGS
     configure(settings.log_level, settings.log_format, repeat_interval_s=settings.log_repeat_interval_s)
+    # Everything imported so far (pydantic schemas, the Labelbox GraphQL texts, aiokafka, …) lives as
+    # long as the process: out of the collector's reach, full collections do not walk it again and
+    # again while records stream through. And collect young objects every 50,000 allocations, not
+    # 700: the in-flight records' lines and envelopes survive many collections, which then walk them
+    # again and again (the cyclic collector took ~25% of the worker's CPU in the end-to-end bench).
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     return asyncio.run(_serve_with_signals(settings))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -110,6 +111,10 @@ async def serve(args: argparse.Namespace) -> None:
     )
     for run, normalized in args.ontologies.items():
         sandbox.state.load_ontology(run, normalized)
+    if args.lean:
+        # Stored imports pile up objects that every collection walks again: collect less often.
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 10)
     async with sandbox:
         if args.lean:
             print("Lean mode: uploaded lines are stored without validation (benchmarks only)", flush=True)

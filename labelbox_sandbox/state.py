@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from labelbox_sandbox.faults import FaultBook, FaultRule
 from labelbox_sandbox.ratelimit import TokenBuckets
 from labelbox_sandbox.validate import RowResult, error, read_import, validate_import
@@ -166,8 +168,18 @@ class RequestRecord:
 
 @dataclass
 class _Stored:
-    line: dict[str, Any]
+    """A stored prediction: its parsed line, or (lean mode) its bytes, parsed when asked for. Many
+    long-lived parsed lines make every allocation dearer (the collector walks them); bytes do not."""
+
+    line: dict[str, Any] | bytes
     import_id: str
+
+    def parsed(self) -> dict[str, Any]:
+        line = self.line
+        if isinstance(line, bytes):
+            parsed: dict[str, Any] = orjson.loads(line)
+            return parsed
+        return line
 
 
 class SandboxState:
@@ -380,13 +392,14 @@ class SandboxState:
         stored = self._stored.setdefault(model_run_id, {})
         for result, status in zip(results, record.statuses, strict=True):
             if status["status"] == "SUCCESS" and result.uuid is not None and result.line is not None:
-                stored[result.uuid] = _Stored(line=result.line, import_id=record.id)
+                line = result.raw if self.lean and result.raw is not None else result.line
+                stored[result.uuid] = _Stored(line=line, import_id=record.id)
 
     # --- stored predictions ---
 
     def predictions(self, model_run_id: str) -> list[dict[str, Any]]:
         """The accepted prediction lines of a model run, one per uuid (the latest upload wins)."""
-        return [stored.line for stored in self._stored.get(model_run_id, {}).values()]
+        return [stored.parsed() for stored in self._stored.get(model_run_id, {}).values()]
 
     def all_predictions(self) -> dict[str, list[dict[str, Any]]]:
         return {model_run_id: self.predictions(model_run_id) for model_run_id in self._stored}

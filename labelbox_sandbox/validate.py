@@ -89,7 +89,8 @@ class RowResult:
     """The outcome of one uploaded line.
 
     `uuid` and `data_row` echo the line (None where it had none usable); `line` is the parsed object (None
-    if the line is not a JSON object); an empty `errors` means SUCCESS.
+    if the line is not a JSON object); an empty `errors` means SUCCESS. `raw`: the line's bytes (lean mode
+    only: it stores those, not the parsed object).
     """
 
     line_number: int
@@ -97,6 +98,7 @@ class RowResult:
     data_row: dict[str, Any] | None
     line: dict[str, Any] | None
     errors: tuple[Error, ...]
+    raw: bytes | None = None
 
     @property
     def ok(self) -> bool:
@@ -145,7 +147,7 @@ def _read_raw(raw: bytes, number: int) -> RowResult:
     data_row = line.get("dataRow")
     data_row = data_row if isinstance(data_row, dict) else None
     errors = () if row_uuid is not None else (error("MissingUuid", "uuid is required", "uuid"),)
-    return RowResult(number, row_uuid, data_row, line, errors)
+    return RowResult(number, row_uuid, data_row, line, errors, raw)
 
 
 def _invalid_json(e: orjson.JSONDecodeError, number: int) -> Error:
@@ -244,7 +246,7 @@ def _mark_duplicate(result: RowResult, seen: set[str]) -> RowResult:
         return result
     duplicate = error("DuplicateUuid", f"uuid {result.uuid} appears more than once in this import", "uuid")
     return RowResult(
-        result.line_number, result.uuid, result.data_row, result.line, (*result.errors, duplicate)
+        result.line_number, result.uuid, result.data_row, result.line, (*result.errors, duplicate), result.raw
     )
 
 

@@ -62,7 +62,7 @@ class Plan:
         return [MemoryCase(b, size) for b, size in [*cases, (large, 2 * self.buffer_bytes)]]
 
 
-FULL = Plan(2000, 3, 3000, 300, 2, (20_000, 60_000), 8 * MIB, 30.0)
+FULL = Plan(2000, 3, 6000, 300, 2, (20_000, 60_000), 8 * MIB, 30.0)
 QUICK = Plan(300, 2, 600, 60, 1, (2_000, 6_000), 4 * MIB, 5.0)
 
 

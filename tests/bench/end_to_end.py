@@ -17,6 +17,7 @@ are also timed from the moment they were assigned their partitions ("after join"
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -50,6 +51,9 @@ class WorkerRun:
     dead_letters: float
     worker_cpu_s: float
     sandbox_cpu_s: float
+    #: Of ``worker_cpu_s``: the main thread's (the event loop: fetch, batching, uploads, settling,
+    #: commits); the rest is the converter thread's (decode, validate, convert, ontology check).
+    loop_cpu_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +151,7 @@ async def time_worker(setup: Setup, topic: str, ends: dict[int, int], attempt: i
             joined = await _until_committed(worker, watcher, topic, ends, started)
             timed = Timed(time.perf_counter() - started, joined.at_s)
             metrics, worker_cpu = worker.metrics(), cpu_seconds(worker.process.pid)
+            loop_cpu = main_thread_cpu_seconds(worker.process.pid)
             exit_code = worker.stop()
     return WorkerRun(
         timed=timed,
@@ -156,15 +161,28 @@ async def time_worker(setup: Setup, topic: str, ends: dict[int, int], attempt: i
         dead_letters=metrics.get("lbworker_dlq_records_total", 0.0),
         worker_cpu_s=worker_cpu - joined.worker_cpu_s,
         sandbox_cpu_s=cpu_seconds(setup.sandbox.process.pid) - sandbox_cpu,
+        loop_cpu_s=loop_cpu - joined.loop_cpu_s,
     )
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process's main thread (its task of the same id), in seconds."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True, slots=True)
 class _Joined:
-    """When the worker was first seen ready (joined), and the CPU seconds it had used by then."""
+    """When the worker was first seen ready (joined), and the CPU seconds it (and its main thread) had
+    used by then."""
 
     at_s: float
     worker_cpu_s: float
+    loop_cpu_s: float
 
 
 async def _until_committed(
@@ -175,7 +193,8 @@ async def _until_committed(
     while not await watcher.done(topic, ends):
         worker.check_alive()
         if joined is None and worker.ready():
-            joined = _Joined(time.perf_counter() - started, cpu_seconds(worker.process.pid))
+            pid = worker.process.pid
+            joined = _Joined(time.perf_counter() - started, cpu_seconds(pid), main_thread_cpu_seconds(pid))
         if time.perf_counter() - started > WORKER_TIMEOUT_S:
             raise TimeoutError(f"the worker did not commit everything in {WORKER_TIMEOUT_S} s")
         await asyncio.sleep(0.05)

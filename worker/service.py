@@ -161,12 +161,6 @@ async def _serve_with_signals(settings: Settings) -> int:
     return await service.run()
 
 
-#: ``gc.set_threshold`` for the running worker: cyclic garbage waits at most 10,000 allocations, a
-#: constant bound on memory. 50,000 saved a little more CPU but held the payloads of finished imports
-#: longer: peak RSS with Labelbox slow rose from ~110 to ~155 MiB in the bench's memory phase.
-GC_THRESHOLDS = (10_000, 10, 10)
-
-
 def main() -> int:
     """Entry point of ``python -m worker run``."""
     try:
@@ -177,9 +171,8 @@ def main() -> int:
     configure(settings.log_level, settings.log_format, repeat_interval_s=settings.log_repeat_interval_s)
     # Everything imported so far (pydantic schemas, the Labelbox GraphQL texts, aiokafka, …) lives as
     # long as the process: out of the collector's reach, full collections do not walk it again and
-    # again while records stream through. And collect young objects every 10,000 allocations, not
-    # 700: the in-flight records' lines and envelopes survive many collections, which then walk them
-    # again and again (the cyclic collector took ~25% of the worker's CPU in the end-to-end bench).
+    # again while records stream through. (Collecting young objects less often, every 10,000
+    # allocations instead of 700, saved another ~0.02 ms of CPU per message in the end-to-end bench but
+    # raised peak RSS under a slow Labelbox by 10-30 MiB: not done.)
     gc.freeze()
-    gc.set_threshold(*GC_THRESHOLDS)
     return asyncio.run(_serve_with_signals(settings))

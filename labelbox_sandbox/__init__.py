@@ -10,7 +10,7 @@ Layout (data flows top to bottom; the first six are pure):
 - `schema.py`    the SDL of the operations served, written from the Labelbox SDK's query texts
 - `graphql.py`   parsing and validation (graphql-core, cached by text); root fields, arguments, selections
 - `ontology.py`  does a line fit the model run's ontology (the sandbox's own check)
-- `validate.py`  NDJSON line validation → Labelbox-style row errors
+- `validate.py`  NDJSON line validation → Labelbox-style row errors (and the lean mode's bare reading)
 - `faults.py`    fault rules and their counters
 - `state.py`     model runs, data-row membership, imports, stored predictions, tasks, request log
 - `resolvers.py` the GraphQL root fields over the state
@@ -39,7 +39,7 @@ Errors a client must recognise (GraphQL error bodies are `{"errors": [{"message"
 from labelbox_sandbox.faults import FaultRule
 from labelbox_sandbox.sandbox import Sandbox
 from labelbox_sandbox.state import ImportFaults, RequestRecord, SandboxState
-from labelbox_sandbox.validate import RowResult, validate_import, validate_line
+from labelbox_sandbox.validate import RowResult, read_import, validate_import, validate_line
 
 __all__ = [
     "FaultRule",
@@ -48,6 +48,7 @@ __all__ = [
     "RowResult",
     "Sandbox",
     "SandboxState",
+    "read_import",
     "validate_import",
     "validate_line",
 ]

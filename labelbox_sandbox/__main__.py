@@ -6,12 +6,16 @@ Labelbox `normalized` ontology for a model run (rows that do not fit it come bac
 rows that were not registered in their model run come back FAILURE, as on Labelbox, unless
 `--no-require-data-row-membership`. `--rate-limit-per-s N` answers HTTP 429 + `Retry-After` to an API key
 asking more than N GraphQL requests a second (a token bucket, `--rate-limit-burst` deep).
+`--lean` stores uploaded lines without validating them (no line rules, no ontology: only JSON objects keyed
+by a unique uuid), for benchmarks where this server must not be the bottleneck; do not use it to check what
+a client sends.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import signal
@@ -59,7 +63,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="MODEL_RUN_ID=FILE",
         help="load a Labelbox `normalized` ontology JSON file for a model run (repeat)",
     )
+    parser.add_argument(
+        "--lean",
+        action="store_true",
+        help="store uploaded lines without validating them (benchmarks only; not with --ontology)",
+    )
     args = parser.parse_args(argv)
+    if args.lean and args.ontology:
+        parser.error("--lean does not check lines against an ontology: drop --ontology or --lean")
     if not args.api_key:
         parser.error("an API key is required: --api-key or SANDBOX_API_KEY")
     if args.rate_limit_per_s is not None and args.rate_limit_per_s <= 0:
@@ -96,10 +107,17 @@ async def serve(args: argparse.Namespace) -> None:
         task_delay_s=args.task_delay_s,
         rate_limit_per_s=args.rate_limit_per_s,
         rate_limit_burst=args.rate_limit_burst,
+        lean=args.lean,
     )
     for run, normalized in args.ontologies.items():
         sandbox.state.load_ontology(run, normalized)
+    if args.lean:
+        # Stored imports pile up objects that every collection walks again: collect less often.
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 10)
     async with sandbox:
+        if args.lean:
+            print("Lean mode: uploaded lines are stored without validation (benchmarks only)", flush=True)
         print(f"Labelbox sandbox ready: {sandbox.graphql_url}", flush=True)
         await stop.wait()
 

@@ -33,7 +33,9 @@ class Sandbox:
     `task_delay_s`: how long registration tasks report RUNNING (default `processing_delay_s`). `state`:
     bring your own (e.g. with a fake clock). `rate_limit_per_s`: GraphQL requests a second per API key
     (a token bucket of `rate_limit_burst`, default the rate) beyond which it answers HTTP 429 with
-    `Retry-After`, as Labelbox does under load; None (default): no limit.
+    `Retry-After`, as Labelbox does under load; None (default): no limit. `lean`: store uploaded lines
+    without validating them (no line rules, no ontology; see `SandboxState`), so that a benchmark measures
+    its client, not this server; never use it to check what a client sends.
     """
 
     def __init__(
@@ -49,6 +51,7 @@ class Sandbox:
         state: SandboxState | None = None,
         rate_limit_per_s: float | None = None,
         rate_limit_burst: float | None = None,
+        lean: bool = False,
     ) -> None:
         if not api_key:
             raise ValueError("the sandbox needs a non-empty api_key")
@@ -59,6 +62,7 @@ class Sandbox:
             task_delay_s=task_delay_s,
             rate_limit_per_s=rate_limit_per_s,
             rate_limit_burst=rate_limit_burst,
+            lean=lean,
         )
         self._api_key = api_key
         self._host = host

@@ -16,9 +16,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from labelbox_sandbox.faults import FaultBook, FaultRule
 from labelbox_sandbox.ratelimit import TokenBuckets
-from labelbox_sandbox.validate import RowResult, error, validate_import
+from labelbox_sandbox.validate import RowResult, error, read_import, validate_import
 
 EMPTY_ONTOLOGY: dict[str, Any] = {"tools": [], "classifications": []}
 ROW_FAILURE_ERROR_NAME = "InjectedRowFailure"
@@ -166,8 +168,18 @@ class RequestRecord:
 
 @dataclass
 class _Stored:
-    line: dict[str, Any]
+    """A stored prediction: its parsed line, or (lean mode) its bytes, parsed when asked for. Many
+    long-lived parsed lines make every allocation dearer (the collector walks them); bytes do not."""
+
+    line: dict[str, Any] | bytes
     import_id: str
+
+    def parsed(self) -> dict[str, Any]:
+        line = self.line
+        if isinstance(line, bytes):
+            parsed: dict[str, Any] = orjson.loads(line)
+            return parsed
+        return line
 
 
 class SandboxState:
@@ -179,7 +191,9 @@ class SandboxState:
     Labelbox; on by default. `task_delay_s`: how long registration
     tasks report RUNNING (default: `processing_delay_s`; the Labelbox SDK sleeps 5 s between task polls).
     `rate_limit_per_s`: GraphQL requests a second per API key before HTTP 429 (a token bucket holding
-    `rate_limit_burst`, default the rate; see `ratelimit.py`); None: no limit.
+    `rate_limit_burst`, default the rate; see `ratelimit.py`); None: no limit. `lean`: read uploads with
+    `validate.read_import` (JSON objects keyed by uuid; no line rules, no ontology) instead of validating
+    them, for benchmarks; membership, faults, statuses and storage are the same.
     """
 
     def __init__(
@@ -192,7 +206,9 @@ class SandboxState:
         clock: Callable[[], float] = time.monotonic,
         rate_limit_per_s: float | None = None,
         rate_limit_burst: float | None = None,
+        lean: bool = False,
     ) -> None:
+        self.lean = lean
         self.processing_delay_s = processing_delay_s
         self.task_delay_s = processing_delay_s if task_delay_s is None else task_delay_s
         self.require_data_row_membership = require_data_row_membership
@@ -300,7 +316,7 @@ class SandboxState:
                 f"Import with name '{name}' already exists in model run '{model_run_id}'"
             )
         self.settle_tasks()
-        results = validate_import(payload, run.ontology)
+        results = read_import(payload) if self.lean else validate_import(payload, run.ontology)
         lines = [(result.uuid, _status_data_row(result.data_row)) for result in results]
         refusal = self.faults.take(
             "create_import", {"import_refused"}, model_run_id, lambda rule: rule.holds_a_chosen_line(lines)
@@ -376,13 +392,14 @@ class SandboxState:
         stored = self._stored.setdefault(model_run_id, {})
         for result, status in zip(results, record.statuses, strict=True):
             if status["status"] == "SUCCESS" and result.uuid is not None and result.line is not None:
-                stored[result.uuid] = _Stored(line=result.line, import_id=record.id)
+                line = result.raw if self.lean and result.raw is not None else result.line
+                stored[result.uuid] = _Stored(line=line, import_id=record.id)
 
     # --- stored predictions ---
 
     def predictions(self, model_run_id: str) -> list[dict[str, Any]]:
         """The accepted prediction lines of a model run, one per uuid (the latest upload wins)."""
-        return [stored.line for stored in self._stored.get(model_run_id, {}).values()]
+        return [stored.parsed() for stored in self._stored.get(model_run_id, {}).values()]
 
     def all_predictions(self) -> dict[str, list[dict[str, Any]]]:
         return {model_run_id: self.predictions(model_run_id) for model_run_id in self._stored}

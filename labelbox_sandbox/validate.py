@@ -25,6 +25,11 @@ parent. A mismatch is one error `{"name": "OntologyMismatch", "message", "additi
 path>, "code": <ontology.py code>}}`. No ontology, or an empty one
 (`{"tools": [], "classifications": []}`, what a model run has until one is loaded), means not checked. A
 malformed ontology fails every line that would be checked, with `InvalidOntology`.
+
+`read_import` is the lean mode's reading (`Sandbox(lean=True)`, for benchmarks where the stand-in must not
+be the bottleneck): only what storing a line needs — a JSON object (`InvalidJson` / `InvalidLine`), a uuid
+(`MissingUuid`; metric lines without one get the derived uuid) unique within the import (`DuplicateUuid`) —
+and none of the rules above, nor the ontology.
 """
 
 from __future__ import annotations
@@ -84,7 +89,8 @@ class RowResult:
     """The outcome of one uploaded line.
 
     `uuid` and `data_row` echo the line (None where it had none usable); `line` is the parsed object (None
-    if the line is not a JSON object); an empty `errors` means SUCCESS.
+    if the line is not a JSON object); an empty `errors` means SUCCESS. `raw`: the line's bytes (lean mode
+    only: it stores those, not the parsed object).
     """
 
     line_number: int
@@ -92,6 +98,7 @@ class RowResult:
     data_row: dict[str, Any] | None
     line: dict[str, Any] | None
     errors: tuple[Error, ...]
+    raw: bytes | None = None
 
     @property
     def ok(self) -> bool:
@@ -116,6 +123,39 @@ def validate_import(payload: bytes, ontology: OntologyArg = None) -> list[RowRes
             result = _validate_raw(raw, number, checker)
             results.append(_mark_duplicate(result, seen))
     return results
+
+
+def read_import(payload: bytes) -> list[RowResult]:
+    """The lean mode: parse every non-blank line and key it by uuid, without validating it (module doc)."""
+    results: list[RowResult] = []
+    seen: set[str] = set()
+    for number, raw in enumerate(payload.split(b"\n"), start=1):
+        if raw.strip():
+            results.append(_mark_duplicate(_read_raw(raw, number), seen))
+    return results
+
+
+def _read_raw(raw: bytes, number: int) -> RowResult:
+    try:
+        line = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        return RowResult(number, None, None, None, (_invalid_json(e, number),))
+    if not isinstance(line, dict):
+        message = f"Each line must be a JSON object, got {type(line).__name__}"
+        return RowResult(number, None, None, None, (error("InvalidLine", message),))
+    row_uuid = _row_uuid(line)
+    data_row = line.get("dataRow")
+    data_row = data_row if isinstance(data_row, dict) else None
+    errors = () if row_uuid is not None else (error("MissingUuid", "uuid is required", "uuid"),)
+    return RowResult(number, row_uuid, data_row, line, errors, raw)
+
+
+def _invalid_json(e: orjson.JSONDecodeError, number: int) -> Error:
+    return {
+        "name": "InvalidJson",
+        "message": f"Line is not valid JSON: {e}",
+        "additionalInfo": {"line": number},
+    }
 
 
 def validate_line(line: Any, ontology: OntologyArg = None) -> Errors:
@@ -180,12 +220,7 @@ def _validate_raw(raw: bytes, number: int, checker: _Checker) -> RowResult:
     try:
         line = orjson.loads(raw)
     except orjson.JSONDecodeError as e:
-        invalid = {
-            "name": "InvalidJson",
-            "message": f"Line is not valid JSON: {e}",
-            "additionalInfo": {"line": number},
-        }
-        return RowResult(number, None, None, None, (invalid,))
+        return RowResult(number, None, None, None, (_invalid_json(e, number),))
     errors = tuple(_line_errors(line, checker))
     if not isinstance(line, dict):
         return RowResult(number, None, None, None, errors)
@@ -211,7 +246,7 @@ def _mark_duplicate(result: RowResult, seen: set[str]) -> RowResult:
         return result
     duplicate = error("DuplicateUuid", f"uuid {result.uuid} appears more than once in this import", "uuid")
     return RowResult(
-        result.line_number, result.uuid, result.data_row, result.line, (*result.errors, duplicate)
+        result.line_number, result.uuid, result.data_row, result.line, (*result.errors, duplicate), result.raw
     )
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Generic, Protocol, TypeVar
 
 from schemas import MAX_PER_FEATURE
-from worker.convert import NdjsonLine, encode
+from worker.convert import NdjsonLine
 
 
 class HasLines(Protocol):
@@ -29,26 +29,49 @@ Item = TypeVar("Item", bound=HasLines)
 
 @dataclass(slots=True, eq=False)
 class Batch(Generic[Item]):
-    """Messages of one model run to upload as one import."""
+    """Messages of one model run to upload as one import.
+
+    The per-(data row, feature) counts are only kept once the batch could reach ``MAX_PER_FEATURE``
+    rows (a batch of fewer rows cannot break that limit, whatever its features): until then, no
+    counting per line."""
 
     model_run_id: str
     opened_at: float
     items: list[Item] = field(default_factory=list)
     rows: int = 0
     size: int = 0
-    per_feature: Counter[tuple[str, str]] = field(default_factory=Counter)
+    _per_feature: Counter[tuple[str, str]] | None = None
 
-    def append(self, item: Item, stats: tuple[int, int, Counter[tuple[str, str]]]) -> None:
-        """Add one message whose (rows, bytes, per-feature counts) are ``stats``."""
-        rows, size, counts = stats
+    @property
+    def per_feature(self) -> Counter[tuple[str, str]]:
+        """NDJSON lines per (data row, feature name) in this batch (metrics lines do not count)."""
+        if self._per_feature is None:
+            self._per_feature = Counter()
+            for item in self.items:
+                self._per_feature.update(_feature_counts(item))
+        return self._per_feature
+
+    def append(self, item: Item, stats: tuple[int, int]) -> None:
+        """Add one message whose (rows, bytes) are ``stats``."""
+        rows, size = stats
         self.items.append(item)
         self.rows += rows
         self.size += size
-        self.per_feature.update(counts)
+        if self._per_feature is not None:
+            self._per_feature.update(_feature_counts(item))
+
+    def fits_per_feature(self, item: Item, rows: int) -> bool:
+        """Whether adding ``item`` (``rows`` lines) keeps every (data row, feature) within the limit."""
+        if self.rows + rows <= MAX_PER_FEATURE:
+            return True
+        per_feature = self.per_feature
+        return all(per_feature[key] + n <= MAX_PER_FEATURE for key, n in _feature_counts(item).items())
 
     def payload(self) -> bytes:
-        """The NDJSON file: every line of every message (``worker.convert.encode``)."""
-        return encode([line for item in self.items for line in item.lines])
+        """The NDJSON file: every line of every message, the bytes of ``worker.convert.encode`` (one
+        join, without a copy of each line to append its newline)."""
+        datas = [line.data for item in self.items for line in item.lines]
+        return b"\n".join(datas) + b"\n" if datas else b""
 
     def split(self) -> tuple[Batch[Item], Batch[Item]]:
         """Two batches of the first and the second half of the messages (a message is never cut).
@@ -66,10 +89,13 @@ class Batch(Generic[Item]):
         return halves
 
 
-def _stats(item: HasLines) -> tuple[int, int, Counter[tuple[str, str]]]:
+def _stats(item: HasLines) -> tuple[int, int]:
     lines = item.lines
-    counts = Counter((line.data_row, line.feature) for line in lines if line.feature is not None)
-    return len(lines), sum(len(line.data) + 1 for line in lines), counts
+    return len(lines), sum([len(line.data) for line in lines]) + len(lines)
+
+
+def _feature_counts(item: HasLines) -> Counter[tuple[str, str]]:
+    return Counter((line.data_row, line.feature) for line in item.lines if line.feature is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +119,7 @@ class Batcher(Generic[Item]):
         closed: list[Batch[Item]] = []
         stats = _stats(item)
         batch = self._open.get(model_run_id)
-        if batch is not None and not self._fits(batch, *stats):
+        if batch is not None and not self._fits(batch, item, *stats):
             closed.append(self._open.pop(model_run_id))
             batch = None
         if batch is None:
@@ -103,10 +129,10 @@ class Batcher(Generic[Item]):
             closed.append(self._open.pop(model_run_id))
         return closed
 
-    def _fits(self, batch: Batch[Item], rows: int, size: int, counts: Counter[tuple[str, str]]) -> bool:
+    def _fits(self, batch: Batch[Item], item: Item, rows: int, size: int) -> bool:
         if batch.rows + rows > self._limits.max_rows or batch.size + size > self._limits.max_bytes:
             return False
-        return all(batch.per_feature[key] + count <= MAX_PER_FEATURE for key, count in counts.items())
+        return batch.fits_per_feature(item, rows)
 
     def due(self, now: float) -> list[Batch[Item]]:
         """Close and return the batches open for ``linger_s`` or longer."""

@@ -56,7 +56,10 @@ class BufferBudget:
     def converted(self, envelopes: Sequence[Envelope]) -> None:
         """Count converted records at their actual size (their lines live as long as they do)."""
         for envelope in envelopes:
-            actual = envelope.raw_size + sum(len(line.data) + LINE_OVERHEAD_BYTES for line in envelope.lines)
+            lines = envelope.lines
+            actual = (
+                envelope.raw_size + sum([len(line.data) for line in lines]) + LINE_OVERHEAD_BYTES * len(lines)
+            )
             if not envelope.released:
                 self.buffered += actual - envelope.size
             envelope.size = actual

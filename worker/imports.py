@@ -373,15 +373,18 @@ class ImportRunner:
             await self._dead_letter_all(batch, "import_status_unavailable", (str(exc),), state.name)
             return "status_unavailable"
         statuses = {row.uuid: row for row in rows}
-        failed = await asyncio.gather(*(self._settle_message(e, statuses, state.name) for e in batch.items))
+        refused = self._settle_imported(batch, statuses)
+        await asyncio.gather(
+            *(self._to.dead_letter(e, "labelbox_rejected", errors, state.name) for e, errors in refused)
+        )
         fields = ctx(
             model_run_id=state.model_run_id,
             import_name=state.name,
             rows=batch.rows,
-            failed_messages=sum(failed),
+            failed_messages=len(refused),
         )
         log.info("import_finished", extra=fields)
-        return "partial" if any(failed) else "success"
+        return "partial" if refused else "success"
 
     async def _read_statuses(self, state: ImportState) -> list[RowStatus]:
         """The status file's rows; an expired signed URL is refreshed by polling the import again."""
@@ -395,16 +398,29 @@ class ImportRunner:
                 state = await self._poll(state)
         raise TransientError(f"the status file URL of {state.name} kept expiring", "expired_url")
 
-    async def _settle_message(self, envelope: Envelope, statuses: dict[str, RowStatus], name: str) -> bool:
-        problems = [_row_problem(line, statuses.get(line.uuid)) for line in envelope.lines]
-        errors = [p for p in problems if p is not None]
-        self._metrics.rows_imported.inc(len(problems) - len(errors))
-        if not errors:
-            self._to.settle(envelope)
-            return False
-        self._metrics.rows_failed.inc(len(errors))
-        await self._to.dead_letter(envelope, "labelbox_rejected", errors, name)
-        return True
+    def _settle_imported(
+        self, batch: Batch[Envelope], statuses: dict[str, RowStatus]
+    ) -> list[tuple[Envelope, list[str]]]:
+        """Settle, at once, each message whose rows all succeeded; the others with their row errors.
+
+        No task per message, and the row counters move once per batch."""
+        refused: list[tuple[Envelope, list[str]]] = []
+        failed_rows = 0
+        for envelope in batch.items:
+            errors = [
+                problem
+                for line in envelope.lines
+                if (problem := _row_problem(line, statuses.get(line.uuid))) is not None
+            ]
+            if errors:
+                refused.append((envelope, errors))
+                failed_rows += len(errors)
+            else:
+                self._to.settle(envelope)
+        self._metrics.rows_imported.inc(batch.rows - failed_rows)
+        if failed_rows:
+            self._metrics.rows_failed.inc(failed_rows)
+        return refused
 
     async def _dead_letter_all(
         self, batch: Batch[Envelope], reason: str, errors: Sequence[str], name: str | None

@@ -205,10 +205,12 @@ class ImportState:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RowStatus:
     """One line of an import's status file. ``status`` is read conservatively (:func:`row_outcome`);
-    ``raw_status`` is what Labelbox wrote when it differs (None: the same)."""
+    ``raw_status`` is what Labelbox wrote when it differs (None: the same). Read-only by convention:
+    not frozen, because a frozen dataclass costs three times as much to build, and a status file has
+    a row per prediction."""
 
     uuid: str
     status: RowOutcome
@@ -675,12 +677,21 @@ class TaskStatus:
 
 def _parse_statuses(body: bytes) -> list[RowStatus]:
     """Rows of a status file. One parse of the whole file; line by line only if it is garbled."""
-    raws = [raw for raw in body.splitlines() if raw.strip()]
+    raws = [raw for raw in body.splitlines() if raw and not raw.isspace()]
     try:
         lines = orjson.loads(b"[" + b",".join(raws) + b"]")
     except orjson.JSONDecodeError:
         lines = [_loads_or_none(raw) for raw in raws]  # a garbled line: its row is reported as missing
-    return [_row(line) for line in lines if isinstance(line, dict) and isinstance(line.get("uuid"), str)]
+    return [
+        RowStatus(
+            row_uuid,
+            status := row_outcome(raw := str(line.get("status"))),
+            errors if isinstance(errors := line.get("errors"), list) else [],
+            None if raw == status else raw,
+        )
+        for line in lines
+        if isinstance(line, dict) and isinstance(row_uuid := line.get("uuid"), str)
+    ]
 
 
 def _loads_or_none(raw: bytes) -> object:
@@ -688,12 +699,3 @@ def _loads_or_none(raw: bytes) -> object:
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-
-
-def _row(line: dict[str, Any]) -> RowStatus:
-    errors = line.get("errors")
-    raw = str(line.get("status"))
-    status = row_outcome(raw)
-    return RowStatus(
-        line["uuid"], status, errors if isinstance(errors, list) else [], None if raw == status else raw
-    )

@@ -22,6 +22,7 @@ from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+import prometheus_client
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
@@ -99,6 +100,11 @@ class Pipeline:
         self._gate = OntologyGate(ontologies, self._imports.refusal)
         self._readiness = Readiness(settings.labelbox_unready_after_s)
         self._corrupt = CorruptBatches()
+        #: Lines admitted by prediction type, not yet added to ``lbworker_predictions_converted_total``:
+        #: counted per message, the metric moves per batch closed or linger tick (prometheus-client
+        #: calls cost more than counting).
+        self._converted_pending: Counter[str] = Counter()
+        self._converted: dict[str, prometheus_client.Counter] = {}
         self.fatal: BaseException | None = None
         #: When the drain must be over (same clock as ``clock``); set when shutdown begins.
         self.stop_deadline: float | None = None
@@ -248,8 +254,7 @@ class Pipeline:
 
     def _add_to_batch(self, admitted: Admit) -> None:
         envelope = admitted.envelope
-        for kind, count in Counter(line.kind for line in envelope.lines).items():
-            self._metrics.predictions_converted.labels(kind).inc(count)
+        self._converted_pending.update([line.kind for line in envelope.lines])
         for batch in self._batcher.add(admitted.model_run_id, envelope, self._clock()):
             self._launch(batch, "full")
 
@@ -259,10 +264,22 @@ class Pipeline:
         tick = min(0.05, max(self._settings.batch_linger_s / 4, 0.005))
         while True:
             await asyncio.sleep(tick)
+            self._count_converted()
             for batch in self._batcher.due(self._clock()):
                 self._launch(batch, "linger")
 
+    def _count_converted(self) -> None:
+        """Add the pending per-type line counts to their metric (a labelled child per type, looked up
+        once: ``labels`` is costly)."""
+        for kind, count in self._converted_pending.items():
+            converted = self._converted.get(kind)
+            if converted is None:
+                converted = self._converted[kind] = self._metrics.predictions_converted.labels(kind)
+            converted.inc(count)
+        self._converted_pending.clear()
+
     def _launch(self, batch: Batch[Envelope], trigger: Trigger) -> None:
+        self._count_converted()
         self._metrics.batches_closed.labels(trigger).inc()
         self._spawn(self._upload(batch, self._clock()))
 
@@ -308,6 +325,7 @@ class Pipeline:
         self._queue.put_nowait(None)
         await self._wait(self._stages["convert"], deadline)
         await _cancel(self._stages["linger"])
+        self._count_converted()
         if self.fatal is None:
             for batch in self._batcher.flush():
                 self._launch(batch, "shutdown")

@@ -81,7 +81,7 @@ class OntologyCache:
         now = self._clock()
         if entry is None or (refetch_on_miss and now - entry.fetched_at >= self._ttl_s):
             raise NeedsFetch(model_run_id)
-        found = _first_mismatch(entry.ontology, list(bodies))
+        found = _first_mismatch(entry.ontology, bodies)
         if found is not None and refetch_on_miss and now - entry.fetched_at >= self._min_refetch_s:
             raise NeedsFetch(model_run_id)
         return found
@@ -128,7 +128,8 @@ def _readable(model_run_id: str, normalized: dict[str, Any]) -> Ontology:
         return Ontology.from_normalized({"tools": [], "classifications": []})
 
 
-def _first_mismatch(ontology: Ontology, bodies: list[dict[str, object]]) -> tuple[int, Mismatch] | None:
+def _first_mismatch(ontology: Ontology, bodies: Iterable[dict[str, object]]) -> tuple[int, Mismatch] | None:
+    """Lazily: an empty ontology checks nothing, so ``bodies`` (each parsed on demand) is not read."""
     if ontology.is_empty:
         return None
     for index, body in enumerate(bodies):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -183,4 +184,10 @@ def main() -> int:
         print(f"worker: {exc}", file=sys.stderr)
         return EXIT_SETTINGS
     configure(settings.log_level, settings.log_format, repeat_interval_s=settings.log_repeat_interval_s)
+    # Everything imported so far (pydantic schemas, the Labelbox GraphQL texts, aiokafka, …) lives as
+    # long as the process: out of the collector's reach, full collections do not walk it again and
+    # again while records stream through. (Collecting young objects less often, every 10,000
+    # allocations instead of 700, saved another ~0.02 ms of CPU per message in the end-to-end bench but
+    # raised peak RSS under a slow Labelbox by 10-30 MiB: not done.)
+    gc.freeze()
     return asyncio.run(_serve_with_signals(settings))

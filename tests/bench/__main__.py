@@ -16,7 +16,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from devtools.embedded import EmbeddedBroker
@@ -24,7 +24,7 @@ from tests.apache_kafka import KAFKA_VERSION, ApacheKafka
 from tests.bench.adaptive import AdaptivePlan, report, run_adaptive
 from tests.bench.conversion import run_conversion
 from tests.bench.corpus import Corpus, build, build_mask_heavy, mask_kinds
-from tests.bench.end_to_end import LINGER_S, POLL_INTERVAL_S, EndToEndResult, Setup, run_end_to_end
+from tests.bench.end_to_end import POLL_INTERVAL_S, EndToEndResult, Setup, run_end_to_end, settings_used
 from tests.bench.memory import DELAY_S, MemoryCase, run_memory
 from tests.bench.report import Figure, count, mib, section
 from tests.bench.results import (
@@ -64,7 +64,7 @@ class Plan:
         return [MemoryCase(b, size) for b, size in [*cases, (large, 2 * self.buffer_bytes)]]
 
 
-FULL = Plan(2000, 240, 3, 3000, 300, 2, (20_000, 60_000), 8 * MIB, 30.0)
+FULL = Plan(2000, 240, 3, 6000, 300, 2, (20_000, 60_000), 8 * MIB, 30.0)
 QUICK = Plan(300, 40, 2, 600, 60, 1, (2_000, 6_000), 4 * MIB, 5.0)
 
 
@@ -161,14 +161,29 @@ def _describe_masks(kinds: dict[str, int]) -> str:
 
 
 async def service_phases(plan: Plan, log_dir: Path) -> list[Figure]:
-    """Start the broker and the sandbox once; run the end-to-end and the memory phases on them."""
+    """Start the broker and the (lean) sandbox once; run the end-to-end and the memory phases on them."""
     with (
         EmbeddedBroker(log_path=str(log_dir / "broker.log")) as broker,
-        SandboxProcess(log_dir / "sandbox.log") as sandbox,
+        SandboxProcess(log_dir / "sandbox.log", lean=True) as sandbox,
     ):
         setup = Setup(broker.bootstrap, sandbox, log_dir)
-        figures = await e2e_phase(plan, setup)
+        figures = await e2e_phase(plan, setup, e2e_corpus(plan))
+        figures += await mask_heavy_e2e_phase(plan, setup)
         return figures + await memory_phase(plan, setup)
+
+
+async def mask_heavy_e2e_phase(plan: Plan, setup: Setup) -> list[Figure]:
+    """The end-to-end phase on the mask-heavy corpus (issue 15): a tenth of the messages (the SDK path
+    converts about 50 of them a second), one worker run; its after-join ratio joins the summary."""
+    heavy = replace(plan, e2e_messages=plan.e2e_messages // 10, baseline_messages=plan.baseline_messages // 5)
+    corpus = build_mask_heavy(heavy.e2e_messages, runs=3)
+    title = "2c. End to end, mask-heavy corpus: local broker -> worker -> local Labelbox in lean mode"
+    figures = await e2e_phase(replace(heavy, worker_runs=1), setup, corpus, title, tansu=True)
+    return [
+        replace(f, name=f"{f.name} (mask-heavy)")
+        for f in figures
+        if f.name.endswith("SDK consumer, after join")
+    ]
 
 
 async def apache_kafka_phase(plan: Plan, log_dir: Path) -> None:
@@ -176,26 +191,36 @@ async def apache_kafka_phase(plan: Plan, log_dir: Path) -> None:
     the targets are judged on the embedded broker."""
     with (
         ApacheKafka(log_path=log_dir / "apache-kafka.log") as kafka,
-        SandboxProcess(log_dir / "sandbox-apache-kafka.log") as sandbox,
+        SandboxProcess(log_dir / "sandbox-apache-kafka.log", lean=True) as sandbox,
     ):
         title = (
             f"2b. End to end on Apache Kafka {KAFKA_VERSION} (single node, KRaft), same corpus and settings"
         )
-        figures = await e2e_phase(plan, Setup(kafka.bootstrap, sandbox, log_dir), title)
+        setup = Setup(kafka.bootstrap, sandbox, log_dir)
+        figures = await e2e_phase(plan, setup, e2e_corpus(plan), title)
     print("\nThe same ratios on Apache Kafka (the targets are judged on the embedded broker):\n")
     print(summary_table(figures))
 
 
-async def e2e_phase(plan: Plan, setup: Setup, title: str | None = None) -> list[Figure]:
-    corpus = build(plan.e2e_messages, runs=3, masks=False, seed=11)
+def e2e_corpus(plan: Plan) -> Corpus:
+    """The end-to-end phase's corpus: 3 model runs, no masks."""
+    return build(plan.e2e_messages, runs=3, masks=False, seed=11)
+
+
+async def e2e_phase(
+    plan: Plan, setup: Setup, corpus: Corpus, title: str | None = None, *, tansu: bool | None = None
+) -> list[Figure]:
+    """The worker, the SDK consumer (on the corpus's head) and the bare read, on any corpus."""
     subset = corpus.head(plan.baseline_messages)
     messages, baseline = count(len(corpus.values)), count(len(subset.values))
     progress(f"end to end: {messages} messages, worker x{plan.worker_runs}, SDK consumer on {baseline}")
     result = await run_end_to_end(setup, corpus, subset, plan.worker_runs)
     section(
-        title or "2. End to end: local broker -> worker -> local Labelbox (a separate process), committed"
+        title
+        or "2. End to end: local broker -> worker -> local Labelbox in lean mode (own process), committed"
     )
-    print(e2e_description(result, plan, tansu=title is None) + "\n")
+    on_tansu = title is None if tansu is None else tansu
+    print(e2e_description(result, plan, setup.sandbox.lean, tansu=on_tansu) + "\n")
     print(e2e_table(result))
     if not e2e_passed(result):
         raise SystemExit("end to end: the sandbox does not hold every prediction, or the worker failed")
@@ -212,17 +237,22 @@ def adaptive_phase(log_dir: Path, quick: bool) -> None:
     )
 
 
-def e2e_description(result: EndToEndResult, plan: Plan, tansu: bool = True) -> str:
+def e2e_description(result: EndToEndResult, plan: Plan, lean: bool, tansu: bool = True) -> str:
     join = (
         "Tansu holds a new group's first join for about half the session timeout (10 s for both group "
         "consumers): hence the 'join' column and the rates after it."
         if tansu
         else "Apache Kafka answers a new group's first join at once (group.initial.rebalance.delay.ms=0)."
     )
+    runs = len({message["model_run_id"] for message in result.corpus.dicts})
+    masked = sum(any(p["type"] == "mask" for p in m["predictions"]) for m in result.corpus.dicts)
+    masks = f"{masked} messages carry a mask" if masked else "no masks"
+    server = "lean mode (--lean: lines stored by uuid, not validated)" if lean else "full mode"
     return (
-        "3 model runs on a 3-partition topic, no masks. Poll interval "
-        f"{POLL_INTERVAL_S} s for the worker and for the SDK's wait_till_done; BATCH_LINGER_S={LINGER_S}; "
-        f"sandbox processing delay 0. Worker: best of {plan.worker_runs} runs, each on a fresh group, "
+        f"{runs} model runs on a 3-partition topic, {masks}. Both the worker and the SDK consumer import "
+        f"into the same local Labelbox-compatible server, in {server}, processing delay 0. Worker "
+        f"settings: {settings_used()}; the SDK's wait_till_done polls every "
+        f"{POLL_INTERVAL_S} s too. Worker: best of {plan.worker_runs} runs, each on a fresh group, "
         "timed from spawn until every partition is committed. The SDK baseline runs on the first "
         f"{count(len(result.subset.values))} messages (own topic). {join}"
     )

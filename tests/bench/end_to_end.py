@@ -1,5 +1,9 @@
 """End-to-end benchmark: local broker -> worker (a subprocess) -> sandbox (a subprocess), committed.
 
+Takes any ``Corpus`` (``run_end_to_end``); the sandbox is started by the caller, in lean mode for
+``make bench`` (``--lean``: lines stored without validation), so that it is not the bottleneck of either
+client. The worker's settings are those of ``bench_worker_env``, printed by ``settings_used``.
+
 Against the same broker and sandbox, with the same poll interval and consumer session timeout:
 - the worker: spawn ``python -m worker run``; time until the group's committed offsets reach the end
   of every partition; then SIGTERM. The sandbox must then hold every prediction, once.
@@ -13,6 +17,7 @@ are also timed from the moment they were assigned their partitions ("after join"
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,9 +28,12 @@ from tests.bench.broker import CommitWatcher, bare_read_s, make_topic, produce
 from tests.bench.corpus import Corpus
 from tests.bench.sdk_consumer import Timed, sdk_client, time_sdk_consumer
 from tests.bench.services import API_KEY, SandboxProcess, WorkerProcess, cpu_seconds, worker_env
+from worker.settings import Settings
 
 POLL_INTERVAL_S = 0.1
-LINGER_S = 0.5
+#: A full batch goes at once; a partial one waits this long. 0.5 s capped the worker near 2,000 msg/s here
+#: (a batch per partition every 0.5 s at most), 0.05 s does not.
+LINGER_S = 0.05
 #: aiokafka's default, given to both group consumers (it sets how long Tansu holds the first join).
 SESSION_TIMEOUT_MS = 10_000
 WORKER_TIMEOUT_S = 120.0
@@ -43,6 +51,9 @@ class WorkerRun:
     dead_letters: float
     worker_cpu_s: float
     sandbox_cpu_s: float
+    #: Of ``worker_cpu_s``: the main thread's (the event loop: fetch, batching, uploads, settling,
+    #: commits); the rest is the converter thread's (decode, validate, convert, ontology check).
+    loop_cpu_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +103,24 @@ async def run_end_to_end(setup: Setup, corpus: Corpus, subset: Corpus, worker_ru
     )
 
 
+#: Settings shown next to the table besides those ``bench_worker_env`` sets (left at their default).
+_SHOWN_DEFAULTS = ("batch_max_rows", "upload_concurrency", "adaptive_concurrency", "kafka_max_poll_records")
+
+
+def settings_used() -> str:
+    """The worker settings that shape throughput in the benchmark, as ``NAME=value`` (defaults marked)."""
+    fields = Settings.model_fields
+    chosen = {
+        "labelbox_poll_interval_s": POLL_INTERVAL_S,
+        "batch_linger_s": LINGER_S,
+        "kafka_session_timeout_ms": SESSION_TIMEOUT_MS,
+        "log_level": "WARNING",
+    }
+    shown = [f"{name.upper()}={value}" for name, value in chosen.items()]
+    shown += [f"{name.upper()}={fields[name].default} (default)" for name in _SHOWN_DEFAULTS]
+    return ", ".join(shown)
+
+
 def bench_worker_env(setup: Setup, topic: str, group: str, **overrides: object) -> dict[str, str]:
     """The worker's settings for a benchmark run (a fresh group, the sandbox, a free ops port)."""
     settings: dict[str, object] = {
@@ -122,6 +151,7 @@ async def time_worker(setup: Setup, topic: str, ends: dict[int, int], attempt: i
             joined = await _until_committed(worker, watcher, topic, ends, started)
             timed = Timed(time.perf_counter() - started, joined.at_s)
             metrics, worker_cpu = worker.metrics(), cpu_seconds(worker.process.pid)
+            loop_cpu = main_thread_cpu_seconds(worker.process.pid)
             exit_code = worker.stop()
     return WorkerRun(
         timed=timed,
@@ -131,15 +161,28 @@ async def time_worker(setup: Setup, topic: str, ends: dict[int, int], attempt: i
         dead_letters=metrics.get("lbworker_dlq_records_total", 0.0),
         worker_cpu_s=worker_cpu - joined.worker_cpu_s,
         sandbox_cpu_s=cpu_seconds(setup.sandbox.process.pid) - sandbox_cpu,
+        loop_cpu_s=loop_cpu - joined.loop_cpu_s,
     )
+
+
+def main_thread_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process's main thread (its task of the same id), in seconds."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass(frozen=True, slots=True)
 class _Joined:
-    """When the worker was first seen ready (joined), and the CPU seconds it had used by then."""
+    """When the worker was first seen ready (joined), and the CPU seconds it (and its main thread) had
+    used by then."""
 
     at_s: float
     worker_cpu_s: float
+    loop_cpu_s: float
 
 
 async def _until_committed(
@@ -150,7 +193,8 @@ async def _until_committed(
     while not await watcher.done(topic, ends):
         worker.check_alive()
         if joined is None and worker.ready():
-            joined = _Joined(time.perf_counter() - started, cpu_seconds(worker.process.pid))
+            pid = worker.process.pid
+            joined = _Joined(time.perf_counter() - started, cpu_seconds(pid), main_thread_cpu_seconds(pid))
         if time.perf_counter() - started > WORKER_TIMEOUT_S:
             raise TimeoutError(f"the worker did not commit everything in {WORKER_TIMEOUT_S} s")
         await asyncio.sleep(0.05)

@@ -102,7 +102,7 @@ def e2e_table(result: EndToEndResult) -> str:
     corpus, subset = result.corpus, result.subset
     rows = [
         _e2e_row("worker (python -m worker run)", corpus, result.worker.timed),
-        _e2e_row("baseline: aiokafka + Labelbox SDK per batch", subset, result.baseline.timed),
+        _e2e_row("baseline: aiokafka + Labelbox SDK per batch (same server)", subset, result.baseline.timed),
         _e2e_row("limit: bare aiokafka read + orjson (no group)", corpus, Timed(result.limit_s, 0.0)),
     ]
     headers = [
@@ -141,6 +141,8 @@ def e2e_notes(result: EndToEndResult) -> str:
         f"sandbox holds {count(worker.stored)} of {count(expected)} predictions after the worker, "
         f"{count(baseline.stored)} of {count(result.subset.predictions)} after the SDK consumer",
         f"CPU per message after join: worker {_ms_each(worker.worker_cpu_s, messages)} "
+        f"(event loop {_ms_each(worker.loop_cpu_s, messages)}, converter thread "
+        f"{_ms_each(worker.worker_cpu_s - worker.loop_cpu_s, messages)}) "
         f"+ sandbox {_ms_each(worker.sandbox_cpu_s, messages)}; "
         f"SDK consumer {_ms_each(baseline.timed.cpu_after_join_s, subset)} "
         f"+ sandbox {_ms_each(baseline.sandbox_cpu_s, subset)}; "

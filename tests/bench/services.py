@@ -46,12 +46,19 @@ class SandboxProcess(processes.SandboxProcess):
     The sandbox, like Labelbox, FAILs rows on data rows that are not in their model run. The benchmarks
     measure throughput, not the registration workflow, so the corpora's data rows are made members
     through the admin API (``register``), again after every ``reset``, and neither the worker nor the
-    SDK baseline spends requests on registering them.
+    SDK baseline spends requests on registering them. ``lean``: ``--lean``, lines stored unvalidated.
     """
 
-    def __init__(self, log_path: Path, *, processing_delay_s: float = 0.0) -> None:
+    def __init__(self, log_path: Path, *, processing_delay_s: float = 0.0, lean: bool = False) -> None:
+        self.lean = lean
         self.members: dict[str, set[str]] = {}
-        super().__init__(log_path, API_KEY, processing_delay_s=processing_delay_s, task_delay_s=0.0)
+        super().__init__(
+            log_path,
+            API_KEY,
+            processing_delay_s=processing_delay_s,
+            task_delay_s=0.0,
+            extra_args=["--lean"] if lean else [],
+        )
 
     def reset(self) -> None:
         """Forget everything but the registered data rows."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas import MAX_PER_FEATURE
-from worker.batcher import Batcher, BatchLimits
-from worker.convert import NdjsonLine
+from worker.batcher import Batch, Batcher, BatchLimits
+from worker.convert import NdjsonLine, encode
 
 
 @dataclass
@@ -97,3 +97,25 @@ def test_payload_is_ndjson_of_every_line() -> None:
     (batch,) = batcher.flush()
     assert batch.payload() == b"xx\nxx\n"
     assert len(batch.payload()) == batch.size
+
+
+def test_payload_is_the_encoded_lines_of_every_message_and_size_counts_them() -> None:
+    batcher: Batcher[Msg] = Batcher(LIMITS)
+    first = Msg([NdjsonLine("a", "dr", "f", b'{"a":1}'), NdjsonLine("b", "dr", "f", b'{"b":22}')])
+    second = Msg([NdjsonLine("c", "dr", None, b"{}")])
+    batcher.add("run", first, now=0)
+    batcher.add("run", second, now=0)
+    (batch,) = batcher.flush()
+    assert batch.payload() == encode(first.lines + second.lines) == b'{"a":1}\n{"b":22}\n{}\n'
+    assert batch.size == len(batch.payload())
+    assert Batch[Msg]("run", 0.0).payload() == encode([]) == b""
+
+
+def test_per_feature_counts_start_when_a_batch_could_reach_the_limit() -> None:
+    batch = Batch[Msg]("run", 0.0)
+    batch.append(_msg(rows=3), (3, 27))
+    assert batch.fits_per_feature(_msg(rows=MAX_PER_FEATURE - 3), MAX_PER_FEATURE - 3)
+    assert not batch.fits_per_feature(_msg(rows=MAX_PER_FEATURE - 2), MAX_PER_FEATURE - 2)
+    assert batch.fits_per_feature(_msg(rows=MAX_PER_FEATURE, data_row="other"), MAX_PER_FEATURE)
+    batch.append(_msg(rows=2, data_row="other"), (2, 18))
+    assert batch.per_feature == {("dr", "f"): 3, ("other", "f"): 2}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -80,6 +81,26 @@ async def test_empty_or_unreadable_ontologies_are_not_checked() -> None:
     for ontology in ({"tools": [], "classifications": []}, {"tools": "not a list"}):
         cache = OntologyCache(FakeOntologies(ontology), ttl_s=60, clock=Clock())
         assert await _check(cache, "run", [TRUCK]) is None
+
+
+async def test_bodies_are_read_lazily_none_for_an_empty_ontology_none_past_a_mismatch() -> None:
+    read: list[int] = []
+
+    def bodies(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for index, body in enumerate(items):
+            read.append(index)
+            yield body
+
+    empty = OntologyCache(FakeOntologies({"tools": [], "classifications": []}), ttl_s=60, clock=Clock())
+    await empty.refresh("run")
+    assert empty.verdict("run", bodies([BOX, TRUCK])) is None
+    assert read == []
+    checked = OntologyCache(FakeOntologies(ONTOLOGY), ttl_s=60, clock=Clock())
+    await checked.refresh("run")
+    found = checked.verdict("run", bodies([TRUCK, BOX, BOX]), refetch_on_miss=False)
+    assert found is not None
+    assert found[0] == 0
+    assert read == [0]
 
 
 class FakeRegistration:

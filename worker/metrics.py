@@ -6,6 +6,9 @@ Never a uuid, a data row, a message id or a model run id.
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 PREFIX = "lbworker"
@@ -103,3 +106,29 @@ class Metrics:
             f"{PREFIX}_last_commit_timestamp_seconds", "Unix time of the last successful commit", registry=r
         )
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the worker reports ready", registry=r)
+
+
+class PendingCounts:
+    """Counts by one label value, added to a labelled counter only when :meth:`flush` is called.
+
+    For per-message counts on the hot path: prometheus-client's ``labels(...)`` and ``inc`` cost more
+    than counting in a dict, so the caller flushes once per batch or tick. The labelled children are
+    looked up once each."""
+
+    def __init__(self, counter: Counter) -> None:
+        self._counter = counter
+        self._pending: Tally[str] = Tally()
+        self._children: dict[str, Counter] = {}
+
+    def add(self, values: Iterable[str]) -> None:
+        """Count one for each of ``values`` (label values)."""
+        self._pending.update(values)
+
+    def flush(self) -> None:
+        """Add what was counted since the last flush to the counter."""
+        for value, count in self._pending.items():
+            child = self._children.get(value)
+            if child is None:
+                child = self._children[value] = self._counter.labels(value)
+            child.inc(count)
+        self._pending.clear()

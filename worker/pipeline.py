@@ -17,12 +17,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
-import prometheus_client
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
@@ -44,7 +42,7 @@ from worker.kafka_clients import (
 from worker.labelbox import AttemptOutcome, AuthenticationError, Forbidden, LabelboxClient, RequestRejected
 from worker.ledger import Ledger
 from worker.logs import ctx
-from worker.metrics import Metrics
+from worker.metrics import Metrics, PendingCounts
 from worker.preparation import DataRowRegistry, OntologyCache
 from worker.readiness import Readiness
 from worker.rebalance import Rebalance
@@ -100,11 +98,8 @@ class Pipeline:
         self._gate = OntologyGate(ontologies, self._imports.refusal)
         self._readiness = Readiness(settings.labelbox_unready_after_s)
         self._corrupt = CorruptBatches()
-        #: Lines admitted by prediction type, not yet added to ``lbworker_predictions_converted_total``:
-        #: counted per message, the metric moves per batch closed or linger tick (prometheus-client
-        #: calls cost more than counting).
-        self._converted_pending: Counter[str] = Counter()
-        self._converted: dict[str, prometheus_client.Counter] = {}
+        #: Lines admitted by prediction type: the metric moves per batch closed or linger tick.
+        self._converted = PendingCounts(self._metrics.predictions_converted)
         self.fatal: BaseException | None = None
         #: When the drain must be over (same clock as ``clock``); set when shutdown begins.
         self.stop_deadline: float | None = None
@@ -254,7 +249,7 @@ class Pipeline:
 
     def _add_to_batch(self, admitted: Admit) -> None:
         envelope = admitted.envelope
-        self._converted_pending.update([line.kind for line in envelope.lines])
+        self._converted.add([line.kind for line in envelope.lines])
         for batch in self._batcher.add(admitted.model_run_id, envelope, self._clock()):
             self._launch(batch, "full")
 
@@ -264,22 +259,12 @@ class Pipeline:
         tick = min(0.05, max(self._settings.batch_linger_s / 4, 0.005))
         while True:
             await asyncio.sleep(tick)
-            self._count_converted()
+            self._converted.flush()
             for batch in self._batcher.due(self._clock()):
                 self._launch(batch, "linger")
 
-    def _count_converted(self) -> None:
-        """Add the pending per-type line counts to their metric (a labelled child per type, looked up
-        once: ``labels`` is costly)."""
-        for kind, count in self._converted_pending.items():
-            converted = self._converted.get(kind)
-            if converted is None:
-                converted = self._converted[kind] = self._metrics.predictions_converted.labels(kind)
-            converted.inc(count)
-        self._converted_pending.clear()
-
     def _launch(self, batch: Batch[Envelope], trigger: Trigger) -> None:
-        self._count_converted()
+        self._converted.flush()
         self._metrics.batches_closed.labels(trigger).inc()
         self._spawn(self._upload(batch, self._clock()))
 
@@ -325,7 +310,7 @@ class Pipeline:
         self._queue.put_nowait(None)
         await self._wait(self._stages["convert"], deadline)
         await _cancel(self._stages["linger"])
-        self._count_converted()
+        self._converted.flush()
         if self.fatal is None:
             for batch in self._batcher.flush():
                 self._launch(batch, "shutdown")

@@ -193,7 +193,9 @@ class SandboxState:
     `rate_limit_per_s`: GraphQL requests a second per API key before HTTP 429 (a token bucket holding
     `rate_limit_burst`, default the rate; see `ratelimit.py`); None: no limit. `lean`: read uploads with
     `validate.read_import` (JSON objects keyed by uuid; no line rules, no ontology) instead of validating
-    them, for benchmarks; membership, faults, statuses and storage are the same.
+    them, for benchmarks; faults, statuses and storage are the same, and membership is checked for
+    lines whose `dataRow` can be read (a line without one is stored as SUCCESS: nothing checks it), and
+    a loaded ontology is not used.
     """
 
     def __init__(

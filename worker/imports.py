@@ -428,13 +428,18 @@ class ImportRunner:
         await asyncio.gather(*(self._to.dead_letter(e, reason, errors, name) for e in batch.items))
 
 
+def _error_text(error: object) -> str:
+    """One entry of a status-file row's ``errors``: ``name: message`` for the object Labelbox writes,
+    the value itself for anything else (never a crash on an unexpected shape)."""
+    if isinstance(error, dict):
+        return f"{error.get('name', 'Error')}: {error.get('message', '')}"
+    return str(error)
+
+
 def _row_problem(line: NdjsonLine, status: RowStatus | None) -> str | None:
     if status is None:
         return f"{line.uuid}: Labelbox reported no status for this row"
     if status.status == "SUCCESS":
         return None
-    details = (
-        "; ".join(f"{e.get('name', 'Error')}: {e.get('message', '')}" for e in status.errors)
-        or status.reported_status
-    )
+    details = "; ".join(_error_text(e) for e in status.errors) or status.reported_status
     return f"{line.uuid}: {details}"

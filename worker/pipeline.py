@@ -318,6 +318,7 @@ class Pipeline:
             await asyncio.wait(set(self._background), timeout=max(0.0, deadline - self._clock()))
         for task in list(self._background):
             await _cancel(task)
+        self._converted.flush()  # what ontology fetches admitted during the drain
         await _cancel(self._stages["commit"])
         await _cancel(self._stages["broker_check"])
         # The last commit, shielded from cancellation, bounded: with the broker gone it would wait

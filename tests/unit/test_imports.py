@@ -262,6 +262,8 @@ def test_a_failed_row_is_explained_by_its_errors_or_else_by_the_status_labelbox_
     errors = [{"name": "ValidationError", "message": "bad box"}]
     assert _row_problem(line, RowStatus("u1", "FAILURE", errors)) == "u1: ValidationError: bad box"
     assert _row_problem(line, None) == "u1: Labelbox reported no status for this row"
+    odd = RowStatus("u1", "FAILURE", ["oops", {"message": "no name"}])  # not the shape Labelbox writes
+    assert _row_problem(line, odd) == "u1: oops; Error: no name"
 
 
 @dataclass

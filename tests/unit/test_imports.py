@@ -287,17 +287,20 @@ class TimedLabelbox(FakeLabelbox):
         return await super().get_import(model_run_id, name)
 
 
+def timed_runner(
+    processing_s: float, **overrides: Any
+) -> tuple[ImportRunner, TimedLabelbox, FakeSettlement, Clock, Metrics]:
+    """A runner over imports that take ``processing_s`` on a fake clock (which its sleeps move)."""
+    clock, metrics = Clock(), Metrics()
+    client, settlement = TimedLabelbox(clock=clock, processing_s=processing_s), FakeSettlement()
+    run = ImportRunner(settings(**overrides), metrics, client, settlement, clock=clock, sleep=clock.sleep)
+    return run, client, settlement, clock, metrics
+
+
 @pytest.mark.parametrize("adaptive", [True, False])
 async def test_under_overload_the_first_poll_waits_for_the_time_imports_took(adaptive: bool) -> None:
-    clock = Clock()
-    client, settlement = TimedLabelbox(clock=clock), FakeSettlement()
-    run = ImportRunner(
-        settings(upload_concurrency=4, adaptive_concurrency=adaptive, labelbox_poll_interval_s=0.5),
-        Metrics(),
-        client,
-        settlement,
-        clock=clock,
-        sleep=clock.sleep,
+    run, client, settlement, clock, _metrics = timed_runner(
+        1.2, upload_concurrency=4, adaptive_concurrency=adaptive, labelbox_poll_interval_s=0.5
     )
     assert run.first_poll_s() == 0.5, "nothing seen yet"
     await run.upload(batch_of(2))
@@ -318,15 +321,8 @@ async def test_under_overload_the_first_poll_waits_for_the_time_imports_took(ada
 
 
 async def test_a_paced_first_poll_settles_near_the_imports_time_and_never_creeps_up() -> None:
-    clock = Clock()
-    client, settlement = TimedLabelbox(clock=clock, processing_s=1.2), FakeSettlement()
-    run = ImportRunner(
-        settings(upload_concurrency=4, labelbox_poll_interval_s=0.5),
-        Metrics(),
-        client,
-        settlement,
-        clock=clock,
-        sleep=clock.sleep,
+    run, _client, settlement, clock, _metrics = timed_runner(
+        1.2, upload_concurrency=4, labelbox_poll_interval_s=0.5
     )
     await run.upload(batch_of(2))  # polled at 0.5, 1.0, 1.5: seen done after 1.5 s
     run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
@@ -340,15 +336,8 @@ async def test_a_paced_first_poll_settles_near_the_imports_time_and_never_creeps
 
 
 async def test_the_first_poll_waits_at_least_the_configured_interval() -> None:
-    clock = Clock()
-    client, settlement = TimedLabelbox(clock=clock, processing_s=0.1), FakeSettlement()
-    run = ImportRunner(
-        settings(upload_concurrency=4, labelbox_poll_interval_s=0.5),
-        Metrics(),
-        client,
-        settlement,
-        clock=clock,
-        sleep=clock.sleep,
+    run, _client, _settlement, clock, _metrics = timed_runner(
+        0.1, upload_concurrency=4, labelbox_poll_interval_s=0.5
     )
     await run.upload(batch_of(2))
     run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
@@ -356,15 +345,8 @@ async def test_the_first_poll_waits_at_least_the_configured_interval() -> None:
 
 
 async def test_a_round_trip_jump_alone_lowers_the_limit_but_does_not_pace_polls() -> None:
-    clock, metrics = Clock(), Metrics()
-    client, settlement = TimedLabelbox(clock=clock), FakeSettlement()
-    run = ImportRunner(
-        settings(upload_concurrency=4, labelbox_poll_interval_s=0.5),
-        metrics,
-        client,
-        settlement,
-        clock=clock,
-        sleep=clock.sleep,
+    run, _client, _settlement, clock, metrics = timed_runner(
+        1.2, upload_concurrency=4, labelbox_poll_interval_s=0.5
     )
     await run.upload(batch_of(2))
     for _ in range(5):  # a baseline of 0.1 s uploads

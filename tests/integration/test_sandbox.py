@@ -6,9 +6,7 @@ import asyncio
 import base64
 import io
 import json
-import os
 import signal
-import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -27,6 +25,7 @@ from labelbox_sandbox import FaultRule, Sandbox, SandboxState, validate_import, 
 from labelbox_sandbox.faults import FaultBook
 from labelbox_sandbox.graphql import GraphQLError, Selected, parse_request, project, validated_document
 from labelbox_sandbox.state import data_row_id_for_global_key
+from tests.support.processes import sandbox_cli
 
 KEY = "sandbox-test-key"
 MR = "clmodelrun000000000000001"
@@ -1081,18 +1080,7 @@ async def test_lifecycle_is_idempotent() -> None:
 
 
 async def test_cli_serves_until_sigterm(session: aiohttp.ClientSession) -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "labelbox_sandbox",
-        "--port",
-        "0",
-        "--processing-delay-s",
-        "0",
-        env={**os.environ, "SANDBOX_API_KEY": KEY},
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
+    async with sandbox_cli(KEY, "--processing-delay-s", "0") as process:
         assert process.stdout is not None
         line = (await asyncio.wait_for(process.stdout.readline(), timeout=20)).decode()
         graphql_url = line.rsplit(" ", 1)[-1].strip()
@@ -1103,10 +1091,6 @@ async def test_cli_serves_until_sigterm(session: aiohttp.ClientSession) -> None:
             assert (await response.json())["errors"][0]["extensions"]["code"] == "RESOURCE_NOT_FOUND"
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), timeout=10) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
 
 
 # --- the real Labelbox SDK against the sandbox ---

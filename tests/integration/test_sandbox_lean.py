@@ -8,8 +8,6 @@ halves: a client (the real Labelbox SDK) works against it and every line is stor
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -32,6 +30,7 @@ from tests.integration.test_sandbox import (
     new_uuid,
     wait_done,
 )
+from tests.support.processes import sandbox_cli
 
 #: The full mode's refusals that are about the line's content, not about storing it: lean accepts them.
 CONTENT_RULES = [
@@ -147,17 +146,7 @@ def test_cli_lean_flag_and_its_conflict_with_an_ontology(tmp_path: Any) -> None:
 
 
 async def test_cli_lean_says_so_before_it_is_ready() -> None:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "labelbox_sandbox",
-        "--port",
-        "0",
-        "--lean",
-        env={**os.environ, "SANDBOX_API_KEY": KEY},
-        stdout=asyncio.subprocess.PIPE,
-    )
-    try:
+    async with sandbox_cli(KEY, "--lean") as process:
         assert process.stdout is not None
         first = (await asyncio.wait_for(process.stdout.readline(), timeout=20)).decode()
         ready = (await asyncio.wait_for(process.stdout.readline(), timeout=20)).decode()
@@ -165,7 +154,3 @@ async def test_cli_lean_says_so_before_it_is_ready() -> None:
         assert ready.startswith("Labelbox sandbox ready: http://127.0.0.1:")
         process.terminate()
         assert await asyncio.wait_for(process.wait(), timeout=10) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()

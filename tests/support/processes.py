@@ -14,6 +14,7 @@ that stopping it never blocks the event loop an in-process sandbox or broker run
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -22,7 +23,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -401,3 +402,25 @@ class Processes:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop_all()
+
+
+@contextlib.asynccontextmanager
+async def sandbox_cli(api_key: str, *args: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """``python -m labelbox_sandbox --port 0 *args`` with its stdout piped, for tests of its command
+    line; killed on the way out if the test did not stop it."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "labelbox_sandbox",
+        "--port",
+        "0",
+        *args,
+        env={**os.environ, "SANDBOX_API_KEY": api_key},
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

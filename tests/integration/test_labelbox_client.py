@@ -390,7 +390,9 @@ async def test_a_status_url_that_answers_403_or_404_is_expired_not_an_auth_error
 
 
 async def test_retries_stop_after_retry_max_s_with_the_last_error(server: Sandbox) -> None:
-    retry_max_s = 0.8
+    # The budget leaves room for at least two retries whatever the jitter draws: the first backoff
+    # is at most 0.5 s, a Retry-After of 0.2 s at most 0.32 s with its jitter (0.82 s in all).
+    retry_max_s = 1.5
     retry_after_s = 0.2
     # One 503 first, then 429s for ever: the error re-raised must be the last one (429), not the first.
     server.state.add_fault(FaultRule(kind="http_status", operation="user", status=503))

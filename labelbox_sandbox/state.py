@@ -319,9 +319,13 @@ class SandboxState:
             )
         self.settle_tasks()
         results = read_import(payload) if self.lean else validate_import(payload, run.ontology)
-        lines = [(result.uuid, _status_data_row(result.data_row)) for result in results]
+
+        @functools.cache  # (uuid, data row) of every line, only if a fault rule asks
+        def lines() -> list[tuple[str | None, dict[str, Any] | None]]:
+            return [(result.uuid, _status_data_row(result.data_row)) for result in results]
+
         refusal = self.faults.take(
-            "create_import", {"import_refused"}, model_run_id, lambda rule: rule.holds_a_chosen_line(lines)
+            "create_import", {"import_refused"}, model_run_id, lambda rule: rule.holds_a_chosen_line(lines())
         )
         if refusal is not None:
             raise ImportRefused(refusal.effective_message)
@@ -333,7 +337,7 @@ class SandboxState:
             created_at=self.clock(),
             processing_delay_s=self.processing_delay_s + faults.extra_delay_s,
             input=payload,
-            statuses=[self._status_line(run, result, faults.row_failure) for result in results],
+            statuses=self._status_lines(run, results, faults.row_failure),
             failure=failure if failure is not None else faults.failure,
             faults=faults,
         )
@@ -345,10 +349,10 @@ class SandboxState:
         return record
 
     def _take_import_faults(
-        self, model_run_id: str, lines: list[tuple[str | None, dict[str, Any] | None]]
+        self, model_run_id: str, lines: Callable[[], list[tuple[str | None, dict[str, Any] | None]]]
     ) -> ImportFaults:
         def chosen(rule: FaultRule) -> bool:
-            return rule.kind != "import_failed" or rule.holds_a_chosen_line(lines)
+            return rule.kind != "import_failed" or rule.holds_a_chosen_line(lines())
 
         def take(kind: str) -> FaultRule | None:
             return self.faults.take("create_import", {kind}, model_run_id, chosen)
@@ -360,6 +364,33 @@ class SandboxState:
             extra_delay_s=slow.effective_delay_s if slow is not None else 0.0,
             lost_response=lost is not None,
         )
+
+    def _status_lines(
+        self, run: ModelRun, results: list[RowResult], row_failure: FaultRule | None
+    ) -> list[dict[str, Any]]:
+        """The status file's lines, one per result. Without a row fault, a valid line on a data row of
+        the model run is SUCCESS at the cost of a dict (a lean upload's every line); the rest are
+        written by ``_status_line``, which says why they failed."""
+        if row_failure is not None:
+            return [self._status_line(run, result, row_failure) for result in results]
+        check = self.require_data_row_membership
+        ids, keys = run.data_row_ids, run.global_keys
+        known: dict[tuple[Any, Any], dict[str, Any]] = {}  # status data row by (id, globalKey) read
+        statuses: list[dict[str, Any]] = []
+        for result in results:
+            data_row = result.data_row
+            if result.errors or result.uuid is None or data_row is None:
+                statuses.append(self._status_line(run, result, None))
+                continue
+            read = (data_row.get("id"), data_row.get("globalKey"))
+            shown = known.get(read)
+            if shown is None:
+                if check and read[0] not in ids and read[1] not in keys:
+                    statuses.append(self._status_line(run, result, None))
+                    continue
+                shown = known[read] = _status_data_row(data_row)  # type: ignore[assignment]
+            statuses.append({"uuid": result.uuid, "dataRow": shown, "status": "SUCCESS"})
+        return statuses
 
     def _status_line(self, run: ModelRun, result: RowResult, row_failure: FaultRule | None) -> dict[str, Any]:
         errors = [*result.errors, *self._late_errors(run, result, row_failure)]
@@ -393,8 +424,8 @@ class SandboxState:
     def _store(self, model_run_id: str, record: ImportRecord, results: list[RowResult]) -> None:
         stored = self._stored.setdefault(model_run_id, {})
         for result, status in zip(results, record.statuses, strict=True):
-            if status["status"] == "SUCCESS" and result.uuid is not None and result.line is not None:
-                line = result.raw if self.lean and result.raw is not None else result.line
+            line = result.raw if self.lean and result.raw is not None else result.line
+            if status["status"] == "SUCCESS" and result.uuid is not None and line is not None:
                 stored[result.uuid] = _Stored(line=line, import_id=record.id)
 
     # --- stored predictions ---

@@ -41,8 +41,9 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
+import msgspec
 import orjson
 
 from labelbox_sandbox.ontology import OntologyIndex
@@ -84,13 +85,14 @@ class _InvalidOntology:
 _Checker = OntologyIndex | _InvalidOntology | None
 
 
-@dataclass(frozen=True)
-class RowResult:
+class RowResult(NamedTuple):
     """The outcome of one uploaded line.
 
     `uuid` and `data_row` echo the line (None where it had none usable); `line` is the parsed object (None
-    if the line is not a JSON object); an empty `errors` means SUCCESS. `raw`: the line's bytes (lean mode
-    only: it stores those, not the parsed object).
+    if the line is not a JSON object, and in the lean mode, which reads only a line's uuid and data row);
+    an empty `errors` means SUCCESS. `raw`: the line's bytes (lean mode only: it stores those, not the
+    parsed object). A named tuple: the lean mode makes one per line of every upload, at a fifth of a
+    frozen dataclass's cost.
     """
 
     line_number: int
@@ -125,13 +127,47 @@ def validate_import(payload: bytes, ontology: OntologyArg = None) -> list[RowRes
     return results
 
 
+class _Head(msgspec.Struct):
+    """What the lean mode reads of a line: its uuid and data row (any other key is skipped unparsed)."""
+
+    uuid: Any = None
+    dataRow: Any = None
+
+
+_HEADS = msgspec.json.Decoder(list[_Head])
+
+
 def read_import(payload: bytes) -> list[RowResult]:
-    """The lean mode: parse every non-blank line and key it by uuid, without validating it (module doc)."""
+    """The lean mode: read every non-blank line's uuid and data row, without validating it (module doc).
+
+    The lines are read in one pass of msgspec over ``[line,line,...]``: it checks that the whole is JSON
+    while skipping, unparsed, every key but ``uuid`` and ``dataRow``. If that array does not hold exactly
+    one JSON object per line (a line that is not JSON, not an object, or two values on one line), every
+    line is read on its own instead, so that each error names its line as before. A line whose ``uuid``
+    is not a string (a metric line gets a uuid derived from its content) is parsed whole."""
+    numbered = [(number, raw) for number, raw in enumerate(payload.split(b"\n"), start=1) if raw.strip()]
+    try:
+        heads = _HEADS.decode(b"[" + b",".join([raw for _, raw in numbered]) + b"]")
+    except msgspec.DecodeError:
+        heads = []
     results: list[RowResult] = []
     seen: set[str] = set()
-    for number, raw in enumerate(payload.split(b"\n"), start=1):
-        if raw.strip():
+    if len(heads) != len(numbered):
+        for number, raw in numbered:
             results.append(_mark_duplicate(_read_raw(raw, number), seen))
+        return results
+    for (number, raw), head in zip(numbered, heads, strict=True):
+        row_uuid, data_row = head.uuid, head.dataRow
+        if not isinstance(row_uuid, str):
+            results.append(_mark_duplicate(_read_raw(raw, number), seen))
+            continue
+        data_row = data_row if isinstance(data_row, dict) else None
+        result = RowResult(number, row_uuid, data_row, None, (), raw)
+        if row_uuid in seen:
+            result = _mark_duplicate(result, seen)
+        else:
+            seen.add(row_uuid)
+        results.append(result)
     return results
 
 

@@ -76,6 +76,61 @@ def test_lean_reading_still_needs_objects_with_unique_uuids() -> None:
     assert results[0].line == lines[0]
 
 
+def test_lean_reading_in_one_pass_reads_what_line_by_line_reading_reads() -> None:
+    """Every line an object: one msgspec pass reads uuid and data row (the line itself is not parsed);
+    the same payload with one line that is not JSON is read line by line: same uuids, rows, errors."""
+    same = new_uuid()
+    metric = {"dataRow": {"globalKey": "img-1.jpg"}, "metricValue": 0.5, "aggregation": "SUM"}
+    lines = [
+        bbox_line(same),
+        bbox_line(same),
+        {"dataRow": {"globalKey": "a"}, "bbox": {}},
+        {"uuid": 7, "dataRow": "img-1.jpg"},
+        metric,
+        {**bbox_line(), "dataRow": {"id": "clrow"}},
+        {**bbox_line(), "dataRow": {"globalKey": "x", "id": "y"}, "uuid": new_uuid()},
+    ]
+    payload = ndjson(lines) + b"\n\n"
+    in_one_pass = read_import(payload)
+    line_by_line = read_import(payload + b"not json\n")
+
+    def seen(results: list[Any]) -> list[Any]:
+        return [(r.line_number, r.uuid, r.data_row, r.errors, r.raw) for r in results]
+
+    assert seen(in_one_pass) == seen(line_by_line[:-1])
+    assert [e["name"] for e in line_by_line[-1].errors] == ["InvalidJson"]
+    assert [[e["name"] for e in r.errors] for r in in_one_pass] == [
+        [],
+        ["DuplicateUuid"],
+        ["MissingUuid"],
+        ["MissingUuid"],
+        [],
+        [],
+        [],
+    ]
+    assert in_one_pass[0].line is None and line_by_line[0].line == lines[0]
+    assert in_one_pass[4].line == metric  # a line without a string uuid is parsed whole
+
+
+@pytest.mark.parametrize(
+    "odd_line",
+    [
+        b'{"uuid": "u", "dataRow": {"globalKey": "k"}} {"uuid": "v"}',
+        b'{"uuid": "u"},{"uuid": "v"}',
+        b'{"uuid": "u", "dataRow": {"globalKey": "k"}, "bbox": {"top": 1,}}',
+        b'{"uuid": "u"}]',
+        b"[]",
+    ],
+    ids=["two objects", "two objects and a comma", "bad JSON after the head", "a bracket more", "an array"],
+)
+def test_lean_reading_in_one_pass_falls_back_to_lines_on_anything_but_one_object_a_line(
+    odd_line: bytes,
+) -> None:
+    results = read_import(ndjson([bbox_line()]) + b"\n" + odd_line + b"\n")
+    assert results[0].ok and results[0].line is not None  # read line by line
+    assert [e["name"] for e in results[1].errors] in (["InvalidJson"], ["InvalidLine"])
+
+
 def test_lean_metric_lines_without_uuid_get_the_derived_uuid() -> None:
     metric = {"dataRow": {"globalKey": "img-1.jpg"}, "metricValue": 0.5, "aggregation": "SUM"}
     (lean,) = read_import(orjson.dumps(metric))

@@ -108,7 +108,8 @@ def test_lean_reading_in_one_pass_reads_what_line_by_line_reading_reads() -> Non
         [],
         [],
     ]
-    assert in_one_pass[0].line is None and line_by_line[0].line == lines[0]
+    assert in_one_pass[0].line is None
+    assert line_by_line[0].line == lines[0]
     assert in_one_pass[4].line == metric  # a line without a string uuid is parsed whole
 
 
@@ -127,7 +128,8 @@ def test_lean_reading_in_one_pass_falls_back_to_lines_on_anything_but_one_object
     odd_line: bytes,
 ) -> None:
     results = read_import(ndjson([bbox_line()]) + b"\n" + odd_line + b"\n")
-    assert results[0].ok and results[0].line is not None  # read line by line
+    assert results[0].ok
+    assert results[0].line is not None  # read line by line
     assert [e["name"] for e in results[1].errors] in (["InvalidJson"], ["InvalidLine"])
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
 import aiohttp
+import msgspec
 import orjson
 from pydantic import SecretStr
 from tenacity import (
@@ -675,27 +676,45 @@ class TaskStatus:
         return cls(status, message if isinstance(message, str) else None, None if raw == status else raw)
 
 
+class _StatusLine(msgspec.Struct):
+    """What is read of a status-file line; any other key (``dataRow``) is skipped unparsed."""
+
+    uuid: Any = None
+    status: Any = None
+    errors: Any = None
+
+
+_STATUS_LINES = msgspec.json.Decoder(list[_StatusLine])
+_STATUS_LINE = msgspec.json.Decoder(_StatusLine)
+
+
 def _parse_statuses(body: bytes) -> list[RowStatus]:
-    """Rows of a status file. One parse of the whole file; line by line only if it is garbled."""
+    """Rows of a status file. One msgspec pass over the whole file; line by line only if it is not one
+    JSON object a line (a garbled line's row is then reported as missing)."""
     raws = [raw for raw in body.splitlines() if raw and not raw.isspace()]
     try:
-        lines = orjson.loads(b"[" + b",".join(raws) + b"]")
-    except orjson.JSONDecodeError:
-        lines = [_loads_or_none(raw) for raw in raws]  # a garbled line: its row is reported as missing
-    return [
-        RowStatus(
-            row_uuid,
-            status := row_outcome(raw := str(line.get("status"))),
-            errors if isinstance(errors := line.get("errors"), list) else [],
-            None if raw == status else raw,
-        )
-        for line in lines
-        if isinstance(line, dict) and isinstance(row_uuid := line.get("uuid"), str)
-    ]
+        lines: list[_StatusLine | None] = list(_STATUS_LINES.decode(b"[" + b",".join(raws) + b"]"))
+    except msgspec.DecodeError:
+        lines = []
+    if len(lines) != len(raws):
+        lines = [_line_or_none(raw) for raw in raws]
+    rows: list[RowStatus] = []
+    for line in lines:
+        if line is None or not isinstance(row_uuid := line.uuid, str):
+            continue
+        errors = line.errors if isinstance(line.errors, list) else []
+        if line.status == "SUCCESS":
+            rows.append(RowStatus(row_uuid, "SUCCESS", errors))
+        else:
+            raw = str(line.status)
+            rows.append(
+                RowStatus(row_uuid, status := row_outcome(raw), errors, None if raw == status else raw)
+            )
+    return rows
 
 
-def _loads_or_none(raw: bytes) -> object:
+def _line_or_none(raw: bytes) -> _StatusLine | None:
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
+        return _STATUS_LINE.decode(raw)
+    except msgspec.DecodeError:
         return None

@@ -412,6 +412,24 @@ async def test_a_status_file_row_of_an_unknown_status_is_a_failure_that_keeps_it
     assert rows[1].errors == [{"name": "ValidationError", "message": "bad"}]
 
 
+@pytest.mark.parametrize(
+    "odd",
+    [b"not json", b"[1, 2]", b'{"uuid": "x"} {"uuid": "y"}', b'{"uuid": "x"},{"uuid": "y"}', b"7"],
+    ids=["garbled", "an array", "two objects", "two objects and a comma", "a number"],
+)
+async def test_a_status_file_line_that_is_not_one_object_loses_only_its_row(
+    script: Script, odd: bytes
+) -> None:
+    """The file is read in one pass when it is one JSON object a line; otherwise line by line, and the
+    odd line's row is missing (its message is then dead-lettered as having no status), not the file."""
+    good = [{"uuid": "u1", "status": "SUCCESS", "dataRow": {"id": "d"}}, {"uuid": "u2", "status": "FAILURE"}]
+    body = b"\n".join([orjson.dumps(good[0]), odd, orjson.dumps(good[1]), b"  "]) + b"\n"
+    script.answers = [Answer(body=body)]
+    async with client(script, FakeTime()) as lb:
+        rows = await lb.fetch_statuses(script.status_url)
+    assert [(r.uuid, r.status, r.errors) for r in rows] == [("u1", "SUCCESS", []), ("u2", "FAILURE", [])]
+
+
 async def test_polling_an_import_in_an_unknown_state_reads_it_as_running(script: Script) -> None:
     answer = {"id": "i1", "name": "n", "modelRunId": "run", "state": "QUEUED"}
     script.answers = [Answer(body=orjson.dumps({"data": {"modelErrorAnalysisPredictionImport": answer}}))]

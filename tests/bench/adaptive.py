@@ -97,6 +97,10 @@ class Round:
     stored: int
     requests: float
     refused: float
+    #: Imports the fleet ended in the round (``lbworker_imports_total``, bisection halves included).
+    imports: float = 0.0
+    #: The bucket's rate (requests/s) during the round; None without a limit.
+    rate_per_s: float | None = None
     limits: list[float] = field(default_factory=list)
     #: With ``--trace``: one line a second (see :data:`TRACE_HEADER`).
     trace: list[str] = field(default_factory=list)
@@ -108,6 +112,23 @@ class Round:
     @property
     def refused_share(self) -> float:
         return self.refused / self.requests if self.requests else 0.0
+
+    @property
+    def admitted(self) -> float:
+        return self.requests - self.refused
+
+    @property
+    def admitted_per_import(self) -> float:
+        return self.admitted / self.imports if self.imports else float("nan")
+
+    @property
+    def admitted_per_1000_lines(self) -> float:
+        return 1000 * self.admitted / self.predictions
+
+    @property
+    def utilisation(self) -> float:
+        """Admitted requests a second over the bucket's rate (nan without a limit)."""
+        return self.admitted / self.seconds / self.rate_per_s if self.rate_per_s else float("nan")
 
     @property
     def mean_limit(self) -> float:
@@ -251,6 +272,7 @@ async def _round(
     stored_before = sandbox.stored_rows()
     bucket_before = sandbox.rate_limit() or {}
     attempts_before = _fleet(workers, "lbworker_upload_attempts_total")
+    imports_before = _fleet(workers, "lbworker_imports_total")
     started = time.perf_counter()
     for partition, added in (await produce(bootstrap, topic, corpus)).items():
         ends[partition] += added
@@ -270,6 +292,7 @@ async def _round(
             raise TimeoutError(f"the fleet did not commit a round in {ROUND_TIMEOUT_S} s")
         await asyncio.sleep(0.05)
     seconds = time.perf_counter() - started
+    imports = _fleet(workers, "lbworker_imports_total") - imports_before
     bucket = sandbox.rate_limit()
     if bucket is not None:
         refused = bucket["refused"] - bucket_before.get("refused", 0)
@@ -286,6 +309,8 @@ async def _round(
         stored=sandbox.stored_rows() - stored_before,
         requests=requests,
         refused=refused,
+        imports=imports,
+        rate_per_s=bucket["per_s"] if bucket is not None else None,
         limits=limits,
         trace=lines,
     )
@@ -345,6 +370,50 @@ def rounds_table(rounds: list[Round]) -> str:
     return table(headers, rows, left=(0, 1))
 
 
+def decomposition(rounds: list[Round]) -> str:
+    """Why throughput is what it is under a request-rate limit: predictions/s = utilisation x rate x
+    predictions per admitted request. Per mode and round (medians over the repeats, then the range)."""
+    rows = []
+    for limited in (False, True):
+        for adaptive in (False, True):
+            mine = [r for r in rounds if r.limited == limited and r.adaptive == adaptive]
+            if not mine:
+                continue
+            rows.append(
+                [
+                    "limit" if limited else "no limit",
+                    "adaptive" if adaptive else "fixed",
+                    _spread([r.imports for r in mine], "{:.0f}"),
+                    _spread([r.admitted for r in mine], "{:.0f}"),
+                    _spread([r.admitted_per_import for r in mine], "{:.2f}"),
+                    _spread([r.admitted_per_1000_lines for r in mine], "{:.1f}"),
+                    _spread([r.utilisation for r in mine], "{:.0%}") if limited else "-",
+                    _spread([r.mean_limit for r in mine], "{:.1f}"),
+                ]
+            )
+    headers = [
+        "server",
+        "concurrency",
+        "imports",
+        "admitted requests",
+        "admitted / import",
+        "admitted / 1,000 lines",
+        "bucket utilisation",
+        "fleet limit",
+    ]
+    return table(headers, rows, left=(0, 1))
+
+
+def _spread(values: list[float], form: str) -> str:
+    """The median, then the range: ``median (low-high)``."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    if len(ordered) == 1:
+        return form.format(median)
+    return f"{form.format(median)} ({form.format(ordered[0])}-{form.format(ordered[-1])})"
+
+
 def comparison(rounds: list[Round]) -> str:
     """Adaptive against fixed, per repeat: the throughput ratio and both 429 shares, limit or not."""
     lines = []
@@ -358,7 +427,12 @@ def comparison(rounds: list[Round]) -> str:
             f"{a.refused_share:.0%} vs {f.refused_share:.0%}" for f, a in zip(fixed, adaptive, strict=True)
         )
         where = "Under the limit" if limited else "Without a limit"
-        lines.append(f"{where}: adaptive / fixed throughput {ratios}; 429 share adaptive vs fixed {shares}.")
+        pairs = zip(fixed, adaptive, strict=True)
+        median = _spread([a.throughput / f.throughput for f, a in pairs], "{:.2f}x")
+        lines.append(
+            f"{where}: adaptive / fixed throughput {ratios} (median {median}); "
+            f"429 share adaptive vs fixed {shares}."
+        )
     return "\n".join(lines)
 
 
@@ -366,6 +440,7 @@ def report(plan: AdaptivePlan, rounds: list[Round], title: str = "Adaptive uploa
     section(title)
     print(plan.describe() + "\n")
     print(rounds_table(rounds))
+    print("\n" + decomposition(rounds))
     print("\n" + comparison(rounds))
     for number, r in enumerate(rounds):
         if r.trace:

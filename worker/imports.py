@@ -50,6 +50,9 @@ _SEEN_DONE_KEPT = 8
 #: An import found done at its first poll may have been done earlier: it is recorded as having taken
 #: this share of the wait, so the paced first poll probes down instead of creeping up by the loop's lag.
 _DONE_AT_FIRST_POLL_SHARE = 0.9
+#: After a 429 or 5xx, polls are paced this long (``first_poll_s``): Labelbox counts its rate limits per
+#: minute, so a 429 says the key's budget is short for about that long, whatever the limit does meanwhile.
+PACING_AFTER_OVERLOAD_S = 60.0
 #: How many times an expired status-file URL is refreshed (by polling the import) before giving up.
 _STATUS_URL_REFRESHES = 3
 #: GraphQL codes that refuse the request itself, whatever it carries: splitting the batch cannot help.
@@ -139,8 +142,8 @@ class ImportRunner:
         self._last_ok: float | None = None  # when an import last settled
         #: Seconds from create to the poll that saw the import done, of the last imports polled.
         self._seen_done_s: deque[float] = deque(maxlen=_SEEN_DONE_KEPT)
-        #: A 429 or 5xx came since the limit was last at its maximum (``first_poll_s``).
-        self._rate_limited = False
+        #: When the last 429 or 5xx came (``first_poll_s``); None: none yet.
+        self._overloaded_at: float | None = None
 
     def labelbox_answered(
         self, operation: str, outcome: AttemptOutcome, started_at: float, rtt_s: float
@@ -151,11 +154,9 @@ class ImportRunner:
         the moving baseline. ``started_at`` is on the runner's clock."""
         if outcome == "overload":
             self._slots.record_overload(started_at)
-            self._rate_limited = True
+            self._overloaded_at = self._clock()
         elif outcome == "ok" and operation == "create_import":
             self._slots.record_success(rtt_s=rtt_s, started_at=started_at)
-        if self._slots.limit >= self._slots.controller.maximum:
-            self._rate_limited = False
 
     # --- forbidden model runs ------------------------------------------------------------------
 
@@ -314,16 +315,25 @@ class ImportRunner:
 
     def first_poll_s(self) -> float:
         """How long after its create the first poll of an import waits: ``LABELBOX_POLL_INTERVAL_S``,
-        or, while adaptive concurrency holds the limit below ``UPLOAD_CONCURRENCY`` after a 429 or
-        5xx (Labelbox's rate limit is reached; not after a round-trip jump alone), the shortest time
+        or, with adaptive concurrency, for :data:`PACING_AFTER_OVERLOAD_S` after a 429 or 5xx
+        (Labelbox's rate limit is reached; not after a round-trip jump alone), the shortest time
         recent imports took to be seen done, if longer: a poll that finds an import still running
-        spends a token of the shared rate limit a create needs. An import found done at its first
-        poll counts as having taken 90 % of that wait (it may have been done earlier), so the wait
-        probes down towards the imports' real time instead of creeping up by the event loop's lag."""
+        spends a token of the shared rate limit a create needs. Pacing lasts whatever the limit does
+        meanwhile: a limit back at ``UPLOAD_CONCURRENCY`` is when its polls would spend the most.
+        An import found done at its first poll counts as having taken 90 % of that wait (it may have
+        been done earlier), so the wait probes down towards the imports' real time instead of
+        creeping up by the event loop's lag."""
         interval = self._settings.labelbox_poll_interval_s
-        if not self._rate_limited or not self._seen_done_s:
+        if not self._pacing() or not self._seen_done_s:
             return interval
         return max(interval, min(self._seen_done_s))
+
+    def _pacing(self) -> bool:
+        return (
+            self._settings.adaptive_concurrency
+            and self._overloaded_at is not None
+            and self._clock() - self._overloaded_at < PACING_AFTER_OVERLOAD_S
+        )
 
     async def _follow(self, state: ImportState) -> ImportState:
         settings = self._settings

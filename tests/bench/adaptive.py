@@ -410,7 +410,12 @@ def decomposition(rounds: list[Round]) -> str:
         "bucket utilisation",
         "fleet limit",
     ]
-    return table(headers, rows, left=(0, 1))
+    note = (
+        "Each cell: the median over the repeats (the range). Under the limit, requests are the bucket's "
+        "GraphQL requests; without one, the workers' lbworker_upload_attempts_total (every operation, "
+        "status files too)."
+    )
+    return table(headers, rows, left=(0, 1)) + "\n\n" + note
 
 
 def _spread(values: list[float], form: str) -> str:

@@ -16,7 +16,7 @@ from tests.support.factories import bbox, message
 from worker.batcher import Batch, _stats
 from worker.convert import NdjsonLine
 from worker.envelope import Envelope, process_chunk
-from worker.imports import ImportRunner, _row_problem
+from worker.imports import PACING_AFTER_OVERLOAD_S, ImportRunner, _row_problem
 from worker.labelbox import (
     AuthenticationError,
     Forbidden,
@@ -299,13 +299,14 @@ def timed_runner(
 
 @pytest.mark.parametrize("adaptive", [True, False])
 async def test_under_overload_the_first_poll_waits_for_the_time_imports_took(adaptive: bool) -> None:
-    run, client, settlement, clock, _metrics = timed_runner(
+    run, client, settlement, clock, metrics = timed_runner(
         1.2, upload_concurrency=4, adaptive_concurrency=adaptive, labelbox_poll_interval_s=0.5
     )
     assert run.first_poll_s() == 0.5, "nothing seen yet"
     await run.upload(batch_of(2))
     assert client.polls == 3, "at the maximum limit: every 0.5 s (0.5, 1.0, 1.5)"
     assert run.first_poll_s() == 0.5, "not overloaded: the configured interval"
+    overloaded_at = clock.now
     run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
     await run.upload(batch_of(2, run="run-b"))
     if adaptive:
@@ -315,8 +316,27 @@ async def test_under_overload_the_first_poll_waits_for_the_time_imports_took(ada
         assert run.first_poll_s() == 0.5
         assert client.polls == 6
     assert len(settlement.settled) == 4
-    for _ in range(8):  # successes bring the limit back to its maximum: polls as configured again
+    for _ in range(8):  # successes bring the limit back to its maximum: the rate limit is still near
         run.labelbox_answered("create_import", "ok", started_at=clock.now, rtt_s=0.1)
+    assert metrics.registry.get_sample_value("lbworker_upload_concurrency_limit") == 4
+    assert run.first_poll_s() == (pytest.approx(1.35) if adaptive else 0.5)
+    clock.now = overloaded_at + PACING_AFTER_OVERLOAD_S - 0.1
+    assert run.first_poll_s() == (pytest.approx(1.35) if adaptive else 0.5), "within the minute"
+    clock.now += 0.1  # a minute without a 429 or 5xx: polls as configured again
+    assert run.first_poll_s() == 0.5
+
+
+async def test_each_429_or_5xx_extends_the_pacing_by_a_minute() -> None:
+    run, _client, _settlement, clock, _metrics = timed_runner(
+        1.2, upload_concurrency=4, labelbox_poll_interval_s=0.5
+    )
+    await run.upload(batch_of(2))  # seen done after 1.5 s
+    run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
+    clock.now += 40.0
+    run.labelbox_answered("create_import", "overload", started_at=clock.now, rtt_s=0.1)
+    clock.now += 40.0
+    assert run.first_poll_s() == 1.5, "40 s after the last one"
+    clock.now += 20.0
     assert run.first_poll_s() == 0.5
 
 

@@ -56,6 +56,10 @@ _PACE_SLACK = 0.01
 #: After a 429 or 5xx, polls are paced this long (``first_poll_s``): Labelbox counts its rate limits per
 #: minute, so a 429 says the key's budget is short for about that long, whatever the limit does meanwhile.
 PACING_AFTER_OVERLOAD_S = 60.0
+#: While imports wait for a slot and no 429, 5xx or round-trip jump came for this many poll intervals
+#: (each import in flight polls once an interval, so an overload would have shown), every created import
+#: adds one to the limit instead of one per round of imports.
+_QUICK_GROWTH_POLLS = 2
 #: How many times an expired status-file URL is refreshed (by polling the import) before giving up.
 _STATUS_URL_REFRESHES = 3
 #: GraphQL codes that refuse the request itself, whatever it carries: splitting the batch cannot help.
@@ -137,7 +141,10 @@ class ImportRunner:
         self._clock = clock
         self._sleep = sleep
         controller = AimdController(
-            settings.upload_concurrency, clock, adaptive=settings.adaptive_concurrency
+            settings.upload_concurrency,
+            clock,
+            adaptive=settings.adaptive_concurrency,
+            quick_growth_after_s=_QUICK_GROWTH_POLLS * settings.labelbox_poll_interval_s,
         )
         self._slots = AdaptiveLimiter(controller, on_change=metrics.upload_concurrency_limit.set)
         metrics.upload_concurrency_limit.set(self._slots.limit)

@@ -41,6 +41,7 @@ from tests.bench.broker import PARTITIONS, CommitWatcher, make_topic, produce
 from tests.bench.corpus import Corpus, build, replicate
 from tests.bench.report import count, section, table
 from tests.bench.services import API_KEY, SandboxProcess, WorkerProcess, worker_env
+from tests.support.processes import http_text
 
 SAMPLE_EVERY_S = 0.2
 READY_TIMEOUT_S = 60.0
@@ -106,6 +107,9 @@ class Round:
     refused: float
     #: Imports the fleet ended in the round (``lbworker_imports_total``, bisection halves included).
     imports: float = 0.0
+    #: Polls (``poll_import`` requests) the fleet made and those it retried after a 429.
+    polls: float = 0.0
+    polls_refused: float = 0.0
     #: The bucket's rate (requests/s) during the round; None without a limit.
     rate_per_s: float | None = None
     limits: list[float] = field(default_factory=list)
@@ -131,6 +135,11 @@ class Round:
     @property
     def admitted_per_1000_lines(self) -> float:
         return 1000 * self.admitted / self.predictions
+
+    @property
+    def polls_per_import(self) -> float:
+        """Polls answered (not refused with a 429) per import."""
+        return (self.polls - self.polls_refused) / self.imports if self.imports else float("nan")
 
     @property
     def utilisation(self) -> float:
@@ -266,6 +275,25 @@ def _fleet(workers: list[WorkerProcess], name: str) -> float:
     return sum(worker.metrics().get(name, 0.0) for worker in workers)
 
 
+def _fleet_polls(workers: list[WorkerProcess]) -> tuple[float, float]:
+    """The fleet's ``poll_import`` requests, and those of them retried after a 429 (summed samples of
+    ``lbworker_upload_attempts_total`` and ``lbworker_upload_retries_total`` with those labels)."""
+    polls = refused = 0.0
+    for worker in workers:
+        answer = http_text(f"{worker.ops_url}/metrics", timeout_s=2.0)
+        for line in answer[1].splitlines() if answer is not None and answer[0] == 200 else []:
+            name, _, value = line.rpartition(" ")
+            if name.startswith("lbworker_upload_attempts_total{") and 'operation="poll_import"' in name:
+                polls += float(value)
+            elif (
+                name.startswith("lbworker_upload_retries_total{")
+                and 'operation="poll_import"' in name
+                and 'cause="429"' in name
+            ):
+                refused += float(value)
+    return polls, refused
+
+
 async def _round(
     sandbox: _Sandbox,
     workers: list[WorkerProcess],
@@ -282,6 +310,7 @@ async def _round(
     bucket_before = sandbox.rate_limit() or {}
     attempts_before = _fleet(workers, "lbworker_upload_attempts_total")
     imports_before = _fleet(workers, "lbworker_imports_total")
+    polls_before = _fleet_polls(workers)
     started = time.perf_counter()
     for partition, added in (await produce(bootstrap, topic, corpus)).items():
         ends[partition] += added
@@ -302,6 +331,7 @@ async def _round(
         await asyncio.sleep(0.05)
     seconds = time.perf_counter() - started
     imports = _fleet(workers, "lbworker_imports_total") - imports_before
+    polls_after = _fleet_polls(workers)
     bucket = sandbox.rate_limit()
     if bucket is not None:
         refused = bucket["refused"] - bucket_before.get("refused", 0)
@@ -319,6 +349,8 @@ async def _round(
         requests=requests,
         refused=refused,
         imports=imports,
+        polls=polls_after[0] - polls_before[0],
+        polls_refused=polls_after[1] - polls_before[1],
         rate_per_s=bucket["per_s"] if bucket is not None else None,
         limits=limits,
         trace=lines,
@@ -395,6 +427,7 @@ def decomposition(rounds: list[Round]) -> str:
                     _spread([r.imports for r in mine], "{:.0f}"),
                     _spread([r.admitted for r in mine], "{:.0f}"),
                     _spread([r.admitted_per_import for r in mine], "{:.2f}"),
+                    _spread([r.polls_per_import for r in mine], "{:.2f}"),
                     _spread([r.admitted_per_1000_lines for r in mine], "{:.1f}"),
                     _spread([r.utilisation for r in mine], "{:.0%}") if limited else "-",
                     _spread([r.mean_limit for r in mine], "{:.1f}"),
@@ -406,6 +439,7 @@ def decomposition(rounds: list[Round]) -> str:
         "imports",
         "admitted requests",
         "admitted / import",
+        "polls answered / import",
         "admitted / 1,000 lines",
         "bucket utilisation",
         "fleet limit",

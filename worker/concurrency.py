@@ -4,7 +4,9 @@ Labelbox rate-limits per organisation, so the right number of imports in flight 
 replicas share the key and on what else uses it. Like TCP's congestion window and Vector's adaptive
 request concurrency, the limit starts at its maximum (``UPLOAD_CONCURRENCY``), is **halved** on every
 overload signal (HTTP 429 or 5xx, or a request's round-trip time jumping over its moving baseline)
-and **grows by one** after a run of successes; it never leaves ``[1, maximum]``.
+and **grows by one** after a run of successes (as many as the limit: one per round of requests; just
+one while work waits for a slot and no overload signal came for a while, ``quick_growth_after_s``: the
+limit then holds the load back and nothing says the server is short); it never leaves ``[1, maximum]``.
 
 An overload signal from a request that was sent before the last decrease is not counted again: it
 tells of the congestion that decrease already answered (the concurrent requests of one burst would

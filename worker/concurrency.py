@@ -4,7 +4,9 @@ Labelbox rate-limits per organisation, so the right number of imports in flight 
 replicas share the key and on what else uses it. Like TCP's congestion window and Vector's adaptive
 request concurrency, the limit starts at its maximum (``UPLOAD_CONCURRENCY``), is **halved** on every
 overload signal (HTTP 429 or 5xx, or a request's round-trip time jumping over its moving baseline)
-and **grows by one** after a run of successes; it never leaves ``[1, maximum]``.
+and **grows by one** after a run of successes (as many as the limit: one per round of requests; just
+one while work waits for a slot and no overload signal came for a while, ``quick_growth_after_s``: the
+limit then holds the load back and nothing says the server is short); it never leaves ``[1, maximum]``.
 
 An overload signal from a request that was sent before the last decrease is not counted again: it
 tells of the congestion that decrease already answered (the concurrent requests of one burst would
@@ -40,8 +42,10 @@ class AimdController:
     that stale signals are recognised). ``adaptive=False`` keeps the limit at ``maximum`` whatever
     is reported (``ADAPTIVE_CONCURRENCY=false``). ``growth_run``: consecutive successes that add one
     to the limit; None (default) means as many as the current limit (one per round of requests,
-    TCP's additive increase). ``rtt_jump_factor``, ``baseline_weight``, ``baseline_samples``: see
-    the module constants.
+    TCP's additive increase). ``quick_growth_after_s``: when no overload signal came for this long
+    and work waits for a slot (``on_success(waiting=True)``), one success is a run: the limit holds
+    the load back, and nothing says the server is short (None, default: never). ``rtt_jump_factor``,
+    ``baseline_weight``, ``baseline_samples``: see the module constants.
     """
 
     def __init__(
@@ -51,6 +55,7 @@ class AimdController:
         *,
         adaptive: bool = True,
         growth_run: int | None = None,
+        quick_growth_after_s: float | None = None,
         rtt_jump_factor: float = DEFAULT_RTT_JUMP_FACTOR,
         baseline_weight: float = DEFAULT_BASELINE_WEIGHT,
         baseline_samples: int = DEFAULT_BASELINE_SAMPLES,
@@ -65,6 +70,8 @@ class AimdController:
         self.adaptive = adaptive
         self._clock = clock
         self._growth_run = growth_run
+        self._quick_after_s = quick_growth_after_s
+        self._last_overload_at: float | None = None
         self._jump = rtt_jump_factor
         self._weight = baseline_weight
         self._samples_needed = baseline_samples
@@ -89,10 +96,15 @@ class AimdController:
         return self._clock()
 
     def on_success(
-        self, rtt_s: float | None = None, started_at: float | None = None, in_flight: int | None = None
+        self,
+        rtt_s: float | None = None,
+        started_at: float | None = None,
+        in_flight: int | None = None,
+        waiting: bool = False,
     ) -> None:
         """A request succeeded, in ``rtt_s`` seconds if measured. A round-trip time over
-        ``rtt_jump_factor`` times the baseline counts as an overload; otherwise it is a success."""
+        ``rtt_jump_factor`` times the baseline counts as an overload; otherwise it is a success.
+        ``waiting``: work waits for a slot (see ``quick_growth_after_s``)."""
         jumped = rtt_s is not None and self._jumped(rtt_s)
         if rtt_s is not None:
             self._fold(rtt_s)
@@ -100,7 +112,7 @@ class AimdController:
             self.on_overload(started_at, in_flight)
             return
         self._run += 1
-        if self._run >= (self._growth_run or self._limit):
+        if self._run >= self._run_needed(waiting):
             self._run = 0
             if self.adaptive:
                 self._limit = min(self.maximum, self._limit + 1)
@@ -110,6 +122,7 @@ class AimdController:
         the last decrease (``started_at`` on this clock; None: always counted) or that decrease has
         not taken effect yet (``in_flight``, the holders now, above the limit; None: not known)."""
         self._run = 0
+        self._last_overload_at = self._clock()
         stale = (
             started_at is not None
             and self._last_decrease_at is not None
@@ -119,6 +132,12 @@ class AimdController:
             return
         self._limit = max(1, self._limit // 2)
         self._last_decrease_at = self._clock()
+
+    def _run_needed(self, waiting: bool) -> int:
+        quiet = self._quick_after_s is not None and (
+            self._last_overload_at is None or self._clock() - self._last_overload_at >= self._quick_after_s
+        )
+        return 1 if waiting and quiet else (self._growth_run or self._limit)
 
     def _jumped(self, rtt_s: float) -> bool:
         return (
@@ -206,7 +225,7 @@ class AdaptiveLimiter:
     def record_success(self, rtt_s: float | None = None, started_at: float | None = None) -> None:
         """See :meth:`AimdController.on_success` (with the holders now as ``in_flight``)."""
         before = self.limit
-        self.controller.on_success(rtt_s, started_at, self._in_flight)
+        self.controller.on_success(rtt_s, started_at, self._in_flight, waiting=self.waiting > 0)
         self._moved_from(before)
 
     def record_overload(self, started_at: float | None = None) -> None:

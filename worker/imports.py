@@ -19,7 +19,6 @@ import asyncio
 import hashlib
 import logging
 import random
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, Protocol
 
@@ -45,11 +44,22 @@ from worker.retry import patiently, until_done
 from worker.settings import Settings
 
 log = logging.getLogger("worker.imports")
-#: Imports whose time to done ``first_poll_s`` looks back on.
-_SEEN_DONE_KEPT = 8
-#: An import found done at its first poll may have been done earlier: it is recorded as having taken
-#: this share of the wait, so the paced first poll probes down instead of creeping up by the loop's lag.
-_DONE_AT_FIRST_POLL_SHARE = 0.9
+#: The paced first poll (``first_poll_s``) aims to find an import done this often: it waits
+#: ``_PACE_DOWN`` less after an import its first poll found done, ``_PACE_UP`` more after one found still
+#: running, so that the two balance at this share of hits, ``(1 - share) * up == share * down`` (a
+#: quantile of the imports' time, tracked as the imports come: about 1.1 polls an import).
+_PACE_HIT_SHARE = 0.9
+_PACE_DOWN = 0.03
+_PACE_UP = _PACE_DOWN * _PACE_HIT_SHARE / (1 - _PACE_HIT_SHARE)
+#: A poll this close to the estimate counts as made at it (an event loop may wake a sleep a little early).
+_PACE_SLACK = 0.01
+#: After a 429 or 5xx, polls are paced this long (``first_poll_s``): Labelbox counts its rate limits per
+#: minute, so a 429 says the key's budget is short for about that long, whatever the limit does meanwhile.
+PACING_AFTER_OVERLOAD_S = 60.0
+#: While imports wait for a slot and no 429, 5xx or round-trip jump came for this many poll intervals
+#: (each import in flight polls once an interval, so an overload would have shown), every created import
+#: adds one to the limit instead of one per round of imports.
+_QUICK_GROWTH_POLLS = 2
 #: How many times an expired status-file URL is refreshed (by polling the import) before giving up.
 _STATUS_URL_REFRESHES = 3
 #: GraphQL codes that refuse the request itself, whatever it carries: splitting the batch cannot help.
@@ -131,16 +141,19 @@ class ImportRunner:
         self._clock = clock
         self._sleep = sleep
         controller = AimdController(
-            settings.upload_concurrency, clock, adaptive=settings.adaptive_concurrency
+            settings.upload_concurrency,
+            clock,
+            adaptive=settings.adaptive_concurrency,
+            quick_growth_after_s=_QUICK_GROWTH_POLLS * settings.labelbox_poll_interval_s,
         )
         self._slots = AdaptiveLimiter(controller, on_change=metrics.upload_concurrency_limit.set)
         metrics.upload_concurrency_limit.set(self._slots.limit)
         self._forbidden = ForbiddenRuns(settings.labelbox_forbidden_ttl_s)
         self._last_ok: float | None = None  # when an import last settled
-        #: Seconds from create to the poll that saw the import done, of the last imports polled.
-        self._seen_done_s: deque[float] = deque(maxlen=_SEEN_DONE_KEPT)
-        #: A 429 or 5xx came since the limit was last at its maximum (``first_poll_s``).
-        self._rate_limited = False
+        #: How long after its create an import is done, as its polls tell (``first_poll_s``).
+        self._done_after_s: float | None = None
+        #: When the last 429 or 5xx came (``first_poll_s``); None: none yet.
+        self._overloaded_at: float | None = None
 
     def labelbox_answered(
         self, operation: str, outcome: AttemptOutcome, started_at: float, rtt_s: float
@@ -151,11 +164,9 @@ class ImportRunner:
         the moving baseline. ``started_at`` is on the runner's clock."""
         if outcome == "overload":
             self._slots.record_overload(started_at)
-            self._rate_limited = True
+            self._overloaded_at = self._clock()
         elif outcome == "ok" and operation == "create_import":
             self._slots.record_success(rtt_s=rtt_s, started_at=started_at)
-        if self._slots.limit >= self._slots.controller.maximum:
-            self._rate_limited = False
 
     # --- forbidden model runs ------------------------------------------------------------------
 
@@ -314,20 +325,43 @@ class ImportRunner:
 
     def first_poll_s(self) -> float:
         """How long after its create the first poll of an import waits: ``LABELBOX_POLL_INTERVAL_S``,
-        or, while adaptive concurrency holds the limit below ``UPLOAD_CONCURRENCY`` after a 429 or
-        5xx (Labelbox's rate limit is reached; not after a round-trip jump alone), the shortest time
-        recent imports took to be seen done, if longer: a poll that finds an import still running
-        spends a token of the shared rate limit a create needs. An import found done at its first
-        poll counts as having taken 90 % of that wait (it may have been done earlier), so the wait
-        probes down towards the imports' real time instead of creeping up by the event loop's lag."""
+        or, with adaptive concurrency, for :data:`PACING_AFTER_OVERLOAD_S` after a 429 or 5xx
+        (Labelbox's rate limit is reached; not after a round-trip jump alone), the time after which
+        imports are found done 9 times out of 10, if longer: a poll that finds an import still
+        running spends a token of the shared rate limit a create needs. Pacing lasts whatever the
+        limit does meanwhile: a limit back at ``UPLOAD_CONCURRENCY`` is when its polls would spend
+        the most. The time is learned from every import's polls (:meth:`_learn_done_after`)."""
         interval = self._settings.labelbox_poll_interval_s
-        if not self._rate_limited or not self._seen_done_s:
+        if not self._pacing() or self._done_after_s is None:
             return interval
-        return max(interval, min(self._seen_done_s))
+        return max(interval, self._done_after_s)
+
+    def _learn_done_after(self, seen_s: float, running_s: float | None) -> None:
+        """An import was seen done ``seen_s`` after its create, and still running ``running_s`` after
+        it (its poll before; None: seen done at its first poll). The first import's ``seen_s`` is the
+        first estimate; then an import still running at the estimate raises it by ``_PACE_UP`` (to at
+        least ``running_s``), one seen done by it lowers it by ``_PACE_DOWN``; never past ``seen_s``,
+        which the import certainly took no longer than."""
+        wait = self._done_after_s
+        if wait is None:
+            wait = seen_s
+        elif running_s is not None and running_s >= wait * (1 - _PACE_SLACK):
+            wait = max(wait * (1 + _PACE_UP), running_s)
+        elif running_s is None or seen_s < wait:
+            wait = wait * (1 - _PACE_DOWN)
+        self._done_after_s = min(wait, seen_s)
+
+    def _pacing(self) -> bool:
+        return (
+            self._settings.adaptive_concurrency
+            and self._overloaded_at is not None
+            and self._clock() - self._overloaded_at < PACING_AFTER_OVERLOAD_S
+        )
 
     async def _follow(self, state: ImportState) -> ImportState:
         settings = self._settings
         created_at = asked_at = self._clock()
+        asked_before: float | None = None  # the poll before the last one
         pauses = 0
 
         async def pause(interval_s: float) -> None:
@@ -336,8 +370,8 @@ class ImportRunner:
             await self._sleep(self.first_poll_s() if pauses == 1 else interval_s)
 
         async def poll() -> ImportState:
-            nonlocal asked_at
-            asked_at = self._clock()
+            nonlocal asked_at, asked_before
+            asked_before, asked_at = (asked_at if pauses > 1 else None), self._clock()
             return await self._poll(state)
 
         state = await until_done(
@@ -350,8 +384,8 @@ class ImportRunner:
             first=state,
         )
         if state.done and pauses:
-            took = asked_at - created_at
-            self._seen_done_s.append(took * _DONE_AT_FIRST_POLL_SHARE if pauses == 1 else took)
+            running_s = None if asked_before is None else asked_before - created_at
+            self._learn_done_after(asked_at - created_at, running_s)
         if not state.done:
             raise TransientError(
                 f"import {state.name} still {state.reported_state} at the deadline", "import_timeout"

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from devtools.embedded import EmbeddedBroker
 from tests.apache_kafka import KAFKA_VERSION, ApacheKafka
-from tests.bench.adaptive import AdaptivePlan, report, run_adaptive
+from tests.bench.adaptive import CROWDED, AdaptivePlan, report, run_adaptive
 from tests.bench.conversion import run_conversion
 from tests.bench.corpus import Corpus, build, build_mask_heavy, mask_kinds
 from tests.bench.end_to_end import POLL_INTERVAL_S, EndToEndResult, Setup, run_end_to_end, settings_used
@@ -234,6 +234,13 @@ def adaptive_phase(log_dir: Path, quick: bool) -> None:
     progress(f"adaptive concurrency: {plan.replicas} replicas, {plan.messages} messages per round")
     report(
         plan, asyncio.run(run_adaptive(plan, log_dir)), "4. Adaptive upload concurrency under a rate limit"
+    )
+    crowded = replace(CROWDED, messages=300) if quick else CROWDED
+    progress(f"adaptive concurrency, crowded: UPLOAD_CONCURRENCY={crowded.upload_concurrency}")
+    report(
+        crowded,
+        asyncio.run(run_adaptive(crowded, log_dir)),
+        "4b. Adaptive upload concurrency, a fleet asking twice what the limit gives",
     )
 
 

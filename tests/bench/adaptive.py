@@ -41,6 +41,7 @@ from tests.bench.broker import PARTITIONS, CommitWatcher, make_topic, produce
 from tests.bench.corpus import Corpus, build, replicate
 from tests.bench.report import count, section, table
 from tests.bench.services import API_KEY, SandboxProcess, WorkerProcess, worker_env
+from tests.support.processes import http_text
 
 SAMPLE_EVERY_S = 0.2
 READY_TIMEOUT_S = 60.0
@@ -68,6 +69,8 @@ class AdaptivePlan:
     poll_interval_s: float = 0.5
     linger_s: float = 0.5
     session_timeout_ms: int = 6000
+    #: A round with no limit before the limited one (the crowded plan skips it: only the limit is at issue).
+    free_round: bool = True
     repeats: int = 1
     trace: bool = False
 
@@ -78,11 +81,16 @@ class AdaptivePlan:
             f"LABELBOX_POLL_INTERVAL_S={self.poll_interval_s}, BATCH_LINGER_S={self.linger_s}; server: "
             f"imports take {self.processing_delay_s} s; limit: a token bucket of {self.rate_per_s:g} "
             f"GraphQL requests/s per key, {self.burst:g} deep. "
-            f"{count(self.messages)} fresh messages (3 model runs, {PARTITIONS} partitions) per round."
+            f"{count(self.messages)} fresh messages (3 model runs, {PARTITIONS} partitions) per round"
+            + ("." if self.free_round else ", under the limit only.")
         )
 
 
 DEFAULT = AdaptivePlan()
+#: The issue's motivating case, next to :data:`DEFAULT`: the fleet's maximum concurrency (24 imports in
+#: flight) asks for about twice what the bucket sustains (about 11 imports in flight at 20 requests/s when
+#: each costs a create and 2-3 polls over its 1 s), so the fixed setting keeps hitting 429.
+CROWDED = AdaptivePlan(upload_concurrency=8, free_round=False)
 
 
 @dataclass(slots=True)
@@ -97,6 +105,13 @@ class Round:
     stored: int
     requests: float
     refused: float
+    #: Imports the fleet ended in the round (``lbworker_imports_total``, bisection halves included).
+    imports: float = 0.0
+    #: Polls (``poll_import`` requests) the fleet made and those it retried after a 429.
+    polls: float = 0.0
+    polls_refused: float = 0.0
+    #: The bucket's rate (requests/s) during the round; None without a limit.
+    rate_per_s: float | None = None
     limits: list[float] = field(default_factory=list)
     #: With ``--trace``: one line a second (see :data:`TRACE_HEADER`).
     trace: list[str] = field(default_factory=list)
@@ -108,6 +123,28 @@ class Round:
     @property
     def refused_share(self) -> float:
         return self.refused / self.requests if self.requests else 0.0
+
+    @property
+    def admitted(self) -> float:
+        return self.requests - self.refused
+
+    @property
+    def admitted_per_import(self) -> float:
+        return self.admitted / self.imports if self.imports else float("nan")
+
+    @property
+    def admitted_per_1000_lines(self) -> float:
+        return 1000 * self.admitted / self.predictions
+
+    @property
+    def polls_per_import(self) -> float:
+        """Polls answered (not refused with a 429) per import."""
+        return (self.polls - self.polls_refused) / self.imports if self.imports else float("nan")
+
+    @property
+    def utilisation(self) -> float:
+        """Admitted requests a second over the bucket's rate (nan without a limit)."""
+        return self.admitted / self.seconds / self.rate_per_s if self.rate_per_s else float("nan")
 
     @property
     def mean_limit(self) -> float:
@@ -155,7 +192,8 @@ async def _run_mode(
     tag = f"ac{attempt}{'a' if adaptive else 'f'}{uuid.uuid4().hex[:4]}"
     topic, group = f"bench-{tag}", f"bench-{tag}"
     await make_topic(bootstrap, topic)
-    corpora = [replicate(pool, plan.messages, f"{tag}-{name}") for name in ("free", "limited")]
+    names = ("free", "limited") if plan.free_round else ("limited",)
+    corpora = [replicate(pool, plan.messages, f"{tag}-{name}") for name in names]
     for corpus in corpora:
         sandbox.register(corpus.dicts)
     sandbox.set_rate_limit(None)
@@ -172,7 +210,8 @@ async def _run_mode(
         ]
         await _until_ready(workers)
         async with CommitWatcher(bootstrap, group) as watcher:
-            for limited, corpus in zip((False, True), corpora, strict=True):
+            limits = (False, True) if plan.free_round else (True,)
+            for limited, corpus in zip(limits, corpora[-len(limits) :], strict=True):
                 if limited:
                     sandbox.set_rate_limit(plan.rate_per_s, plan.burst)
                 rounds.append(
@@ -236,6 +275,25 @@ def _fleet(workers: list[WorkerProcess], name: str) -> float:
     return sum(worker.metrics().get(name, 0.0) for worker in workers)
 
 
+def _fleet_polls(workers: list[WorkerProcess]) -> tuple[float, float]:
+    """The fleet's ``poll_import`` requests, and those of them retried after a 429 (summed samples of
+    ``lbworker_upload_attempts_total`` and ``lbworker_upload_retries_total`` with those labels)."""
+    polls = refused = 0.0
+    for worker in workers:
+        answer = http_text(f"{worker.ops_url}/metrics", timeout_s=2.0)
+        for line in answer[1].splitlines() if answer is not None and answer[0] == 200 else []:
+            name, _, value = line.rpartition(" ")
+            if name.startswith("lbworker_upload_attempts_total{") and 'operation="poll_import"' in name:
+                polls += float(value)
+            elif (
+                name.startswith("lbworker_upload_retries_total{")
+                and 'operation="poll_import"' in name
+                and 'cause="429"' in name
+            ):
+                refused += float(value)
+    return polls, refused
+
+
 async def _round(
     sandbox: _Sandbox,
     workers: list[WorkerProcess],
@@ -251,6 +309,8 @@ async def _round(
     stored_before = sandbox.stored_rows()
     bucket_before = sandbox.rate_limit() or {}
     attempts_before = _fleet(workers, "lbworker_upload_attempts_total")
+    imports_before = _fleet(workers, "lbworker_imports_total")
+    polls_before = _fleet_polls(workers)
     started = time.perf_counter()
     for partition, added in (await produce(bootstrap, topic, corpus)).items():
         ends[partition] += added
@@ -270,6 +330,8 @@ async def _round(
             raise TimeoutError(f"the fleet did not commit a round in {ROUND_TIMEOUT_S} s")
         await asyncio.sleep(0.05)
     seconds = time.perf_counter() - started
+    imports = _fleet(workers, "lbworker_imports_total") - imports_before
+    polls_after = _fleet_polls(workers)
     bucket = sandbox.rate_limit()
     if bucket is not None:
         refused = bucket["refused"] - bucket_before.get("refused", 0)
@@ -286,6 +348,10 @@ async def _round(
         stored=sandbox.stored_rows() - stored_before,
         requests=requests,
         refused=refused,
+        imports=imports,
+        polls=polls_after[0] - polls_before[0],
+        polls_refused=polls_after[1] - polls_before[1],
+        rate_per_s=bucket["per_s"] if bucket is not None else None,
         limits=limits,
         trace=lines,
     )
@@ -345,12 +411,65 @@ def rounds_table(rounds: list[Round]) -> str:
     return table(headers, rows, left=(0, 1))
 
 
+def decomposition(rounds: list[Round]) -> str:
+    """Why throughput is what it is under a request-rate limit: predictions/s = utilisation x rate x
+    predictions per admitted request. Per mode and round (medians over the repeats, then the range)."""
+    rows = []
+    for limited in (False, True):
+        for adaptive in (False, True):
+            mine = [r for r in rounds if r.limited == limited and r.adaptive == adaptive]
+            if not mine:
+                continue
+            rows.append(
+                [
+                    "limit" if limited else "no limit",
+                    "adaptive" if adaptive else "fixed",
+                    _spread([r.imports for r in mine], "{:.0f}"),
+                    _spread([r.admitted for r in mine], "{:.0f}"),
+                    _spread([r.admitted_per_import for r in mine], "{:.2f}"),
+                    _spread([r.polls_per_import for r in mine], "{:.2f}"),
+                    _spread([r.admitted_per_1000_lines for r in mine], "{:.1f}"),
+                    _spread([r.utilisation for r in mine], "{:.0%}") if limited else "-",
+                    _spread([r.mean_limit for r in mine], "{:.1f}"),
+                ]
+            )
+    headers = [
+        "server",
+        "concurrency",
+        "imports",
+        "admitted requests",
+        "admitted / import",
+        "polls answered / import",
+        "admitted / 1,000 lines",
+        "bucket utilisation",
+        "fleet limit",
+    ]
+    note = (
+        "Each cell: the median over the repeats (the range). Under the limit, requests are the bucket's "
+        "GraphQL requests; without one, the workers' lbworker_upload_attempts_total (every operation, "
+        "status files too)."
+    )
+    return table(headers, rows, left=(0, 1)) + "\n\n" + note
+
+
+def _spread(values: list[float], form: str) -> str:
+    """The median, then the range: ``median (low-high)``."""
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    median = ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+    if len(ordered) == 1:
+        return form.format(median)
+    return f"{form.format(median)} ({form.format(ordered[0])}-{form.format(ordered[-1])})"
+
+
 def comparison(rounds: list[Round]) -> str:
     """Adaptive against fixed, per repeat: the throughput ratio and both 429 shares, limit or not."""
     lines = []
     for limited in (False, True):
         fixed = [r for r in rounds if r.limited == limited and not r.adaptive]
         adaptive = [r for r in rounds if r.limited == limited and r.adaptive]
+        if not fixed:
+            continue
         ratios = ", ".join(
             f"{a.throughput / f.throughput:.2f}x" for f, a in zip(fixed, adaptive, strict=True)
         )
@@ -358,7 +477,12 @@ def comparison(rounds: list[Round]) -> str:
             f"{a.refused_share:.0%} vs {f.refused_share:.0%}" for f, a in zip(fixed, adaptive, strict=True)
         )
         where = "Under the limit" if limited else "Without a limit"
-        lines.append(f"{where}: adaptive / fixed throughput {ratios}; 429 share adaptive vs fixed {shares}.")
+        pairs = zip(fixed, adaptive, strict=True)
+        median = _spread([a.throughput / f.throughput for f, a in pairs], "{:.2f}x")
+        lines.append(
+            f"{where}: adaptive / fixed throughput {ratios} (median {median}); "
+            f"429 share adaptive vs fixed {shares}."
+        )
     return "\n".join(lines)
 
 
@@ -366,6 +490,7 @@ def report(plan: AdaptivePlan, rounds: list[Round], title: str = "Adaptive uploa
     section(title)
     print(plan.describe() + "\n")
     print(rounds_table(rounds))
+    print("\n" + decomposition(rounds))
     print("\n" + comparison(rounds))
     for number, r in enumerate(rounds):
         if r.trace:
@@ -389,6 +514,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delay", type=float, default=DEFAULT.processing_delay_s)
     parser.add_argument("--poll", type=float, default=DEFAULT.poll_interval_s)
     parser.add_argument(
+        "--no-free-round",
+        action="store_true",
+        help="only the round under the limit (make bench's crowded plan: --concurrency 8 --no-free-round)",
+    )
+    parser.add_argument(
         "--trace",
         action="store_true",
         help="print, per round, a line a second: fleet limit, imports in flight, admitted, 429s, done",
@@ -403,6 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         messages=args.messages,
         processing_delay_s=args.delay,
         poll_interval_s=args.poll,
+        free_round=not args.no_free_round,
         repeats=args.repeats,
         trace=args.trace,
     )

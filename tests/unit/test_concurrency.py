@@ -237,3 +237,52 @@ def test_release_without_acquire_is_a_bug() -> None:
     slots, _ = limiter(1)
     with pytest.raises(RuntimeError, match="without a matching acquire"):
         slots.release()
+
+
+def test_while_work_waits_and_no_overload_came_for_a_while_each_success_adds_one() -> None:
+    aimd, clock = controller(16, quick_growth_after_s=1.0)
+    aimd.on_overload()
+    aimd.on_overload()
+    assert aimd.limit == 4
+    for _ in range(3):
+        aimd.on_success(waiting=True)
+    assert aimd.limit == 4, "an overload came just now: one per round of 4 successes"
+    clock.t += 1.0
+    aimd.on_success(waiting=True)
+    assert aimd.limit == 5, "quiet for 1 s and work waiting: one success is a run"
+    for _ in range(4):
+        aimd.on_success(waiting=False)
+    assert aimd.limit == 5, "nothing waits (the limit does not hold the load back): a run of 5"
+    for _ in range(3):
+        aimd.on_success(waiting=True)
+    assert aimd.limit == 8
+    aimd.on_overload()  # stale or not, an overload restarts the quiet period
+    assert aimd.limit == 4
+    aimd.on_success(waiting=True)
+    assert aimd.limit == 4
+
+
+def test_without_quick_growth_waiting_work_changes_nothing() -> None:
+    aimd, clock = controller(16)
+    aimd.on_overload()
+    clock.t += 100.0
+    for _ in range(7):
+        aimd.on_success(waiting=True)
+    assert aimd.limit == 8, "7 successes of a run of 8"
+
+
+async def test_the_limiter_tells_the_controller_when_work_waits() -> None:
+    slots, changes = limiter(4, quick_growth_after_s=0.0)
+    slots.record_overload()
+    assert slots.limit == 2
+    for _ in range(2):
+        await slots.acquire()
+    slots.record_success()
+    assert slots.limit == 2, "nothing waits: one per run of 2"
+    waiter = asyncio.create_task(slots.acquire())
+    await _settle()
+    slots.record_success()
+    assert slots.limit == 3, "a waiter: one success is a run"
+    await _settle()
+    assert waiter.done()
+    assert changes == [4, 2, 3]

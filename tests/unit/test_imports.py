@@ -16,7 +16,7 @@ from tests.support.factories import bbox, message
 from worker.batcher import Batch, _stats
 from worker.convert import NdjsonLine
 from worker.envelope import Envelope, process_chunk
-from worker.imports import ImportRunner, _row_problem
+from worker.imports import PACING_AFTER_OVERLOAD_S, ImportRunner, _row_problem
 from worker.labelbox import (
     AuthenticationError,
     Forbidden,
@@ -299,40 +299,90 @@ def timed_runner(
 
 @pytest.mark.parametrize("adaptive", [True, False])
 async def test_under_overload_the_first_poll_waits_for_the_time_imports_took(adaptive: bool) -> None:
-    run, client, settlement, clock, _metrics = timed_runner(
+    run, client, settlement, clock, metrics = timed_runner(
         1.2, upload_concurrency=4, adaptive_concurrency=adaptive, labelbox_poll_interval_s=0.5
     )
     assert run.first_poll_s() == 0.5, "nothing seen yet"
     await run.upload(batch_of(2))
     assert client.polls == 3, "at the maximum limit: every 0.5 s (0.5, 1.0, 1.5)"
     assert run.first_poll_s() == 0.5, "not overloaded: the configured interval"
+    overloaded_at = clock.now
     run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
     await run.upload(batch_of(2, run="run-b"))
     if adaptive:
         assert client.polls == 4, "one poll, at 1.5 s (as long as the imports took), finds it done"
-        assert run.first_poll_s() == pytest.approx(1.35), "done at the first poll: probe down (90 %)"
+        assert run.first_poll_s() == pytest.approx(1.455), "done at the first poll: 3 % shorter"
     else:
         assert run.first_poll_s() == 0.5
         assert client.polls == 6
     assert len(settlement.settled) == 4
-    for _ in range(8):  # successes bring the limit back to its maximum: polls as configured again
+    for _ in range(8):  # successes bring the limit back to its maximum: the rate limit is still near
         run.labelbox_answered("create_import", "ok", started_at=clock.now, rtt_s=0.1)
+    assert metrics.registry.get_sample_value("lbworker_upload_concurrency_limit") == 4
+    assert run.first_poll_s() == (pytest.approx(1.455) if adaptive else 0.5)
+    clock.now = overloaded_at + PACING_AFTER_OVERLOAD_S - 0.1
+    assert run.first_poll_s() == (pytest.approx(1.455) if adaptive else 0.5), "within the minute"
+    clock.now += 0.1  # a minute without a 429 or 5xx: polls as configured again
     assert run.first_poll_s() == 0.5
 
 
-async def test_a_paced_first_poll_settles_near_the_imports_time_and_never_creeps_up() -> None:
-    run, _client, settlement, clock, _metrics = timed_runner(
+async def test_each_429_or_5xx_extends_the_pacing_by_a_minute() -> None:
+    run, _client, _settlement, clock, _metrics = timed_runner(
+        1.2, upload_concurrency=4, labelbox_poll_interval_s=0.5
+    )
+    await run.upload(batch_of(2))  # seen done after 1.5 s
+    run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
+    clock.now += 40.0
+    run.labelbox_answered("create_import", "overload", started_at=clock.now, rtt_s=0.1)
+    clock.now += 40.0
+    assert run.first_poll_s() == 1.5, "40 s after the last one"
+    clock.now += 20.0
+    assert run.first_poll_s() == 0.5
+
+
+async def test_a_paced_first_poll_finds_about_nine_imports_in_ten_done() -> None:
+    run, client, settlement, clock, _metrics = timed_runner(
         1.2, upload_concurrency=4, labelbox_poll_interval_s=0.5
     )
     await run.upload(batch_of(2))  # polled at 0.5, 1.0, 1.5: seen done after 1.5 s
     run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
     waits = []
-    for index in range(40):
-        await run.upload(batch_of(2, run=f"run-{index}"))
+    for index in range(40):  # warming up: down from 1.5 s
+        run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)  # still paced
+        await run.upload(batch_of(2, run=f"warm-{index}"))
+    polls_before = client.polls
+    for index in range(100):
+        run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
         waits.append(run.first_poll_s())
+        await run.upload(batch_of(2, run=f"run-{index}"))
+    polls = client.polls - polls_before
+    assert 100 <= polls <= 120, "about 1.1 polls an import (one in ten needs a second)"
+    assert polls > 100, "it keeps probing: some first polls come too early"
     assert all(0.5 <= wait <= 1.2 + 0.5 for wait in waits), waits  # never past one interval late
-    assert min(waits[-16:]) < 1.2 < max(waits[-16:]) + 0.5, "it keeps probing around the 1.2 s imports take"
-    assert len(settlement.settled) == 82
+    assert 1.2 < sum(waits) / len(waits) < 1.2 * 1.25, "on average a little after the imports' 1.2 s"
+    assert len(settlement.settled) == 282
+
+
+async def test_the_paced_first_poll_follows_imports_that_slow_down_or_speed_up() -> None:
+    run, client, _settlement, clock, _metrics = timed_runner(
+        1.0, upload_concurrency=4, labelbox_poll_interval_s=0.5
+    )
+    await run.upload(batch_of(2))  # seen done after 1.0 s (at the second poll)
+    run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
+    assert run.first_poll_s() == 1.0
+    client.processing_s = 3.0
+    await run.upload(batch_of(2, run="slow-0"))  # polls at 1.0, 1.5, ..., 3.0: running at 2.5
+    assert run.first_poll_s() == pytest.approx(2.5), "at least as long as it was seen running"
+    for index in range(10):
+        run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
+        await run.upload(batch_of(2, run=f"slow-{index + 1}"))
+    assert 3.0 <= run.first_poll_s() <= 3.5
+    slow = run.first_poll_s()
+    client.processing_s = 0.6  # found done at every first poll: 3 % shorter each time, no faster
+    for index in range(2):
+        run.labelbox_answered("poll_import", "overload", started_at=clock.now, rtt_s=0.1)
+        await run.upload(batch_of(2, run=f"fast-{index}"))
+    assert run.first_poll_s() == pytest.approx(slow * 0.97**2)
 
 
 async def test_the_first_poll_waits_at_least_the_configured_interval() -> None:

@@ -166,7 +166,7 @@ class RequestRecord:
     error_code: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Stored:
     """A stored prediction: its parsed line, or (lean mode) its bytes, parsed when asked for. Many
     long-lived parsed lines make every allocation dearer (the collector walks them); bytes do not."""

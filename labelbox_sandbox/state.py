@@ -374,7 +374,6 @@ class SandboxState:
         if row_failure is not None:
             return [self._status_line(run, result, row_failure) for result in results]
         check = self.require_data_row_membership
-        ids, keys = run.data_row_ids, run.global_keys
         known: dict[tuple[Any, Any], dict[str, Any]] = {}  # status data row by (id, globalKey) read
         statuses: list[dict[str, Any]] = []
         for result in results:
@@ -385,10 +384,10 @@ class SandboxState:
             read = (data_row.get("id"), data_row.get("globalKey"))
             shown = known.get(read)
             if shown is None:
-                if check and read[0] not in ids and read[1] not in keys:
+                if check and not run.has_data_row(data_row):  # DataRowNotInModelRun, said there
                     statuses.append(self._status_line(run, result, None))
                     continue
-                shown = known[read] = _status_data_row(data_row)  # type: ignore[assignment]
+                shown = known[read] = _status_row_ref(data_row)
             statuses.append({"uuid": result.uuid, "dataRow": shown, "status": "SUCCESS"})
         return statuses
 
@@ -499,8 +498,11 @@ class SandboxState:
 
 
 def _status_data_row(data_row: Mapping[str, Any] | None) -> dict[str, Any] | None:
-    if data_row is None:
-        return None
+    return None if data_row is None else _status_row_ref(data_row)
+
+
+def _status_row_ref(data_row: Mapping[str, Any]) -> dict[str, Any]:
+    """A status line's ``dataRow``: the id, and the global key the line named the row by."""
     global_key = data_row.get("globalKey")
     if isinstance(global_key, str) and data_row.get("id") is None:
         return {"id": data_row_id_for_global_key(global_key), "globalKey": global_key}
